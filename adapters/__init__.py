@@ -1,0 +1,1 @@
+"""Adapters: the edges (peer transport, hub-compatible API, webhooks, drop folder)."""

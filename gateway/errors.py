@@ -1,0 +1,416 @@
+"""One exception tree for the whole gateway.
+
+Every error carries a stable ``code`` (never changed once shipped), the HTTP status it maps to,
+and what it means in edXML / national-hub terms. The first line of each class docstring is its
+default message. API errors are rendered as JSON ``{code, message, detail}``.
+
+::
+
+    GatewayError
+    ├── UsageError                      USAGE_ERROR                 (CLI misuse, unreadable file)
+    ├── ConfigError                     CONFIG_INVALID
+    ├── XMLError                        (hostile or broken XML, refused before any schema work)
+    │   ├── MalformedXML                XML_MALFORMED
+    │   ├── DoctypeForbidden            XML_DOCTYPE_FORBIDDEN
+    │   ├── ExternalEntityForbidden     XML_EXTERNAL_ENTITY
+    │   ├── EntityExpansionForbidden    XML_ENTITY_EXPANSION
+    │   ├── EntityDeclarationForbidden  XML_ENTITY_DECLARATION
+    │   ├── XMLTooLarge                 XML_TOO_LARGE
+    │   ├── XMLTooDeep                  XML_TOO_DEEP
+    │   └── XMLTooManyElements          XML_TOO_MANY_ELEMENTS
+    ├── SchemaError                     SCHEMA_INVALID
+    ├── EnvelopeError                   (well-formed and valid, but not a consistent package)
+    │   ├── UnknownPackageKind          ENVELOPE_UNKNOWN_KIND
+    │   ├── DuplicateElement            ENVELOPE_DUPLICATE_ELEMENT
+    │   ├── InvalidValue                ENVELOPE_INVALID_VALUE
+    │   ├── ManifestMismatch            ENVELOPE_MANIFEST_MISMATCH
+    │   └── AttachmentEncodingError     ENVELOPE_ATTACHMENT_ENCODING
+    ├── AgencyCodeError                 AGENCY_CODE_INVALID
+    ├── SignatureError                  (the XMLDSig itself)
+    │   ├── SignatureMissing            SIGNATURE_MISSING
+    │   ├── SignatureMalformed          SIGNATURE_MALFORMED
+    │   ├── WrappedEnvelope             SIGNATURE_WRAPPED_ENVELOPE
+    │   ├── ForgedHeader                SIGNATURE_FORGED_HEADER
+    │   ├── DuplicateId                 SIGNATURE_DUPLICATE_ID
+    │   ├── SignatureMisplaced          SIGNATURE_MISPLACED
+    │   ├── PartialCoverage             SIGNATURE_PARTIAL_COVERAGE
+    │   ├── WeakAlgorithm               SIGNATURE_WEAK_ALGORITHM
+    │   ├── UnsupportedAlgorithm        SIGNATURE_UNSUPPORTED_ALGORITHM
+    │   ├── SignatureValueMismatch      SIGNATURE_VALUE_MISMATCH
+    │   └── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
+    └── TrustError                      (who signed, and may we believe them)
+        ├── CertificateMalformed        CERT_MALFORMED
+        ├── CertificateUntrusted        CERT_UNTRUSTED
+        ├── CertificateNotValidAtSigning CERT_NOT_VALID_AT_SIGNING
+        ├── CertificateExpired          CERT_EXPIRED
+        ├── CertificateRevoked          CERT_REVOKED
+        ├── CRLInvalid                  CRL_INVALID
+        ├── SignerUnbound               SIGNER_AGENCY_UNBOUND
+        └── SignerMismatch              SIGNER_AGENCY_MISMATCH
+
+Usage::
+
+    raise SchemaError(detail={"path": "/edXML/...", "reason": "..."})
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgencyCodeError",
+    "AttachmentEncodingError",
+    "CRLInvalid",
+    "CertificateExpired",
+    "CertificateMalformed",
+    "CertificateNotValidAtSigning",
+    "CertificateRevoked",
+    "CertificateUntrusted",
+    "ConfigError",
+    "DigestMismatch",
+    "DoctypeForbidden",
+    "DuplicateElement",
+    "DuplicateId",
+    "EntityDeclarationForbidden",
+    "EntityExpansionForbidden",
+    "EnvelopeError",
+    "ExternalEntityForbidden",
+    "ForgedHeader",
+    "GatewayError",
+    "InvalidValue",
+    "MalformedXML",
+    "ManifestMismatch",
+    "PartialCoverage",
+    "SchemaError",
+    "SignatureError",
+    "SignatureMalformed",
+    "SignatureMisplaced",
+    "SignatureMissing",
+    "SignatureValueMismatch",
+    "SignerMismatch",
+    "SignerUnbound",
+    "TrustError",
+    "UnknownPackageKind",
+    "UnsupportedAlgorithm",
+    "UsageError",
+    "WeakAlgorithm",
+    "WrappedEnvelope",
+    "XMLError",
+    "XMLTooDeep",
+    "XMLTooLarge",
+    "XMLTooManyElements",
+    "all_error_classes",
+]
+
+
+class GatewayError(Exception):
+    """The gateway refused the request."""
+
+    code: ClassVar[str] = "GATEWAY_ERROR"
+    http_status: ClassVar[int] = 500
+    #: What the refusal means to an edXML peer or the national hub protocol.
+    meaning: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None, *, detail: dict[str, Any] | None = None):
+        self.message = message or self.default_message()
+        self.detail: dict[str, Any] = dict(detail or {})
+        super().__init__(self.message)
+
+    @classmethod
+    def default_message(cls) -> str:
+        doc = cls.__doc__ or cls.__name__
+        return doc.strip().splitlines()[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of an API error: ``{code, message, detail}``."""
+        return {"code": self.code, "message": self.message, "detail": self.detail}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class UsageError(GatewayError):
+    """The command was called wrongly or a file could not be read."""
+
+    code = "USAGE_ERROR"
+    http_status = 400
+    meaning = "not a protocol error: the caller's invocation is wrong"
+
+
+class ConfigError(GatewayError):
+    """A setting is missing or invalid."""
+
+    code = "CONFIG_INVALID"
+    http_status = 500
+    meaning = "node misconfigured"
+
+
+# --- hostile or broken XML -------------------------------------------------------------------
+
+
+class XMLError(GatewayError):
+    """The package is not acceptable XML."""
+
+    code = "XML_ERROR"
+    http_status = 400
+    meaning = "package refused: not parseable"
+
+
+class MalformedXML(XMLError):
+    """The package is not well-formed XML."""
+
+    code = "XML_MALFORMED"
+
+
+class DoctypeForbidden(XMLError):
+    """A DOCTYPE declaration is not allowed in an edXML package."""
+
+    code = "XML_DOCTYPE_FORBIDDEN"
+    meaning = "package refused: DTDs are forbidden"
+
+
+class ExternalEntityForbidden(XMLError):
+    """An external entity (file or network) is declared: refused, never resolved."""
+
+    code = "XML_EXTERNAL_ENTITY"
+    meaning = "package refused: external entity (XXE)"
+
+
+class EntityExpansionForbidden(XMLError):
+    """Entities that expand other entities are declared (billion laughs): refused, never expanded."""
+
+    code = "XML_ENTITY_EXPANSION"
+    meaning = "package refused: nested entity expansion"
+
+
+class EntityDeclarationForbidden(XMLError):
+    """An internal entity is declared (quadratic blowup risk): refused, never expanded."""
+
+    code = "XML_ENTITY_DECLARATION"
+    meaning = "package refused: entity declaration"
+
+
+class XMLTooLarge(XMLError):
+    """The package is larger than this node accepts."""
+
+    code = "XML_TOO_LARGE"
+    http_status = 413
+    meaning = "package refused: too large"
+
+
+class XMLTooDeep(XMLError):
+    """The package nests elements deeper than this node accepts."""
+
+    code = "XML_TOO_DEEP"
+    meaning = "package refused: nesting too deep"
+
+
+class XMLTooManyElements(XMLError):
+    """The package has more elements than this node accepts."""
+
+    code = "XML_TOO_MANY_ELEMENTS"
+    meaning = "package refused: too many elements"
+
+
+# --- schema and envelope ---------------------------------------------------------------------
+
+
+class SchemaError(GatewayError):
+    """The package does not conform to the edXML schema."""
+
+    code = "SCHEMA_INVALID"
+    http_status = 422
+    meaning = "package refused: does not conform to QCVN 102:2016"
+
+
+class EnvelopeError(GatewayError):
+    """The package is not a consistent edXML package."""
+
+    code = "ENVELOPE_INVALID"
+    http_status = 422
+    meaning = "package refused: inconsistent content"
+
+
+class UnknownPackageKind(EnvelopeError):
+    """The package is neither an edXML document package nor a status package."""
+
+    code = "ENVELOPE_UNKNOWN_KIND"
+
+
+class DuplicateElement(EnvelopeError):
+    """An element that may appear once appears more than once."""
+
+    code = "ENVELOPE_DUPLICATE_ELEMENT"
+
+
+class InvalidValue(EnvelopeError):
+    """An element holds a value outside what QCVN 102:2016 allows."""
+
+    code = "ENVELOPE_INVALID_VALUE"
+
+
+class ManifestMismatch(EnvelopeError):
+    """The manifest references and the attachments do not match one to one."""
+
+    code = "ENVELOPE_MANIFEST_MISMATCH"
+
+
+class AttachmentEncodingError(EnvelopeError):
+    """An attachment's content is not valid base64."""
+
+    code = "ENVELOPE_ATTACHMENT_ENCODING"
+
+
+class AgencyCodeError(GatewayError):
+    """Not a valid QCVN 102:2016 agency code (expected VVV.ZZ.YY.Lnn, e.g. 000.00.00.H49)."""
+
+    code = "AGENCY_CODE_INVALID"
+    http_status = 422
+    meaning = "unknown or malformed agency identifier"
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+class SignatureError(GatewayError):
+    """The package's signature is not acceptable."""
+
+    code = "SIGNATURE_INVALID"
+    http_status = 422
+    meaning = "package refused: signature invalid"
+
+
+class SignatureMissing(SignatureError):
+    """The package carries no XMLDSig signature."""
+
+    code = "SIGNATURE_MISSING"
+
+
+class SignatureMalformed(SignatureError):
+    """The Signature element is incomplete or not an XMLDSig structure."""
+
+    code = "SIGNATURE_MALFORMED"
+
+
+class WrappedEnvelope(SignatureError):
+    """The signed envelope is wrapped inside another element (signature wrapping attack)."""
+
+    code = "SIGNATURE_WRAPPED_ENVELOPE"
+
+
+class ForgedHeader(SignatureError):
+    """A second header stands beside the signed one (signature wrapping attack)."""
+
+    code = "SIGNATURE_FORGED_HEADER"
+
+
+class DuplicateId(SignatureError):
+    """Two elements carry the same Id (signature wrapping attack)."""
+
+    code = "SIGNATURE_DUPLICATE_ID"
+
+
+class SignatureMisplaced(SignatureError):
+    """The signature is not the last child of edXMLHeader, or there is more than one."""
+
+    code = "SIGNATURE_MISPLACED"
+
+
+class PartialCoverage(SignatureError):
+    """The signature does not cover the whole package (Reference URI must be "")."""
+
+    code = "SIGNATURE_PARTIAL_COVERAGE"
+
+
+class WeakAlgorithm(SignatureError):
+    """The signature uses a weak algorithm (SHA-1); refused unless admitted for legacy archives."""
+
+    code = "SIGNATURE_WEAK_ALGORITHM"
+
+
+class UnsupportedAlgorithm(SignatureError):
+    """The signature uses an algorithm this gateway does not support."""
+
+    code = "SIGNATURE_UNSUPPORTED_ALGORITHM"
+
+
+class SignatureValueMismatch(SignatureError):
+    """The SignatureValue does not match SignedInfo under the signer's key."""
+
+    code = "SIGNATURE_VALUE_MISMATCH"
+
+
+class DigestMismatch(SignatureError):
+    """The signed content was changed after signing (digest mismatch)."""
+
+    code = "SIGNATURE_DIGEST_MISMATCH"
+
+
+# --- trust -----------------------------------------------------------------------------------
+
+
+class TrustError(GatewayError):
+    """The signer's certificate is not trusted."""
+
+    code = "TRUST_ERROR"
+    http_status = 403
+    meaning = "package refused: signer not trusted"
+
+
+class CertificateMalformed(TrustError):
+    """The signer's certificate is missing or cannot be decoded."""
+
+    code = "CERT_MALFORMED"
+
+
+class CertificateUntrusted(TrustError):
+    """The signer's certificate does not chain to a trust anchor."""
+
+    code = "CERT_UNTRUSTED"
+
+
+class CertificateNotValidAtSigning(TrustError):
+    """The signer's certificate was not valid at the signing time."""
+
+    code = "CERT_NOT_VALID_AT_SIGNING"
+
+
+class CertificateExpired(TrustError):
+    """The signer's certificate is not valid now."""
+
+    code = "CERT_EXPIRED"
+
+
+class CertificateRevoked(TrustError):
+    """A certificate in the signer's chain is revoked."""
+
+    code = "CERT_REVOKED"
+
+
+class CRLInvalid(TrustError):
+    """A certificate revocation list is unreadable, not signed by its issuer, or out of date."""
+
+    code = "CRL_INVALID"
+
+
+class SignerUnbound(TrustError):
+    """The signer's certificate binds no agency code (subject serialNumber or urn:qcvn102: SAN)."""
+
+    code = "SIGNER_AGENCY_UNBOUND"
+
+
+class SignerMismatch(TrustError):
+    """The signer's agency code differs from the package's From/OrganId."""
+
+    code = "SIGNER_AGENCY_MISMATCH"
+
+
+def all_error_classes() -> list[type[GatewayError]]:
+    """Every error class, depth first: used to check that codes are unique and documented."""
+    out: list[type[GatewayError]] = []
+    stack: list[type[GatewayError]] = [GatewayError]
+    while stack:
+        cls = stack.pop()
+        out.append(cls)
+        stack.extend(reversed(cls.__subclasses__()))
+    return out
