@@ -21,7 +21,9 @@ from gateway.errors import AgencyCodeError
 
 __all__ = ["AgencyCode"]
 
-_PATTERN = re.compile(r"^(\d{3})\.(\d{2})\.(\d{2})\.([A-Z]\d{2})$")
+# ASCII digits only: ``\d`` would also take Arabic-Indic and other Unicode digits, so that
+# "٠٠٠.٠٠.٠٠.H٤٩" parsed, differed from "000.00.00.H49" and claimed level 4.
+_PATTERN = re.compile(r"([0-9]{3})\.([0-9]{2})\.([0-9]{2})\.([A-Z][0-9]{2})")
 
 
 @total_ordering
@@ -44,7 +46,7 @@ class AgencyCode:
         if not isinstance(text, str):
             raise AgencyCodeError(detail={"value": repr(text), "reason": "not a string"})
         stripped = text.strip()
-        match = _PATTERN.match(stripped)
+        match = _PATTERN.fullmatch(stripped)
         if match is None:
             raise AgencyCodeError(
                 f"{stripped!r} is not a QCVN 102:2016 agency code (expected VVV.ZZ.YY.Lnn, "
@@ -57,7 +59,7 @@ class AgencyCode:
     @classmethod
     def is_valid(cls, text: str) -> bool:
         """True when ``text`` parses as an agency code."""
-        return isinstance(text, str) and _PATTERN.match(text.strip()) is not None
+        return isinstance(text, str) and _PATTERN.fullmatch(text.strip()) is not None
 
     def __str__(self) -> str:
         return f"{self.l4}.{self.l3}.{self.l2}.{self.l1}"

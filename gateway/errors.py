@@ -22,6 +22,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     ├── EnvelopeError                   (well-formed and valid, but not a consistent package)
     │   ├── UnknownPackageKind          ENVELOPE_UNKNOWN_KIND
     │   ├── DuplicateElement            ENVELOPE_DUPLICATE_ELEMENT
+    │   ├── MissingElement              ENVELOPE_MISSING_ELEMENT
     │   ├── InvalidValue                ENVELOPE_INVALID_VALUE
     │   ├── ManifestMismatch            ENVELOPE_MANIFEST_MISMATCH
     │   └── AttachmentEncodingError     ENVELOPE_ATTACHMENT_ENCODING
@@ -80,6 +81,7 @@ __all__ = [
     "InvalidValue",
     "MalformedXML",
     "ManifestMismatch",
+    "MissingElement",
     "PartialCoverage",
     "SchemaError",
     "SignatureError",
@@ -241,6 +243,12 @@ class DuplicateElement(EnvelopeError):
     """An element that may appear once appears more than once."""
 
     code = "ENVELOPE_DUPLICATE_ELEMENT"
+
+
+class MissingElement(EnvelopeError):
+    """A required element is absent or empty."""
+
+    code = "ENVELOPE_MISSING_ELEMENT"
 
 
 class InvalidValue(EnvelopeError):

@@ -1,0 +1,526 @@
+"""Verifying a signed edXML package, the way an ingesting node or an auditor must.
+
+Checks, in order (each one named in the report so an auditor sees why):
+
+``xml``                 well-formed, no DOCTYPE/entities, within size/depth/count caps
+``structure``           one envelope, one header, unique Ids, one Signature as the last child of
+                        edXMLHeader, one Reference URI="" with enveloped/C14N transforms only
+``schema``              the edXML (or status) XSD
+``algorithm``           RSA/ECDSA with SHA-2; SHA-1 refused unless admitted for legacy archives
+``signature``           SignatureValue and digests (signxml, signature location pinned)
+``envelope``            the *signed* content (only what signxml returns) is a consistent package
+``chain``               the signer's certificate chains to a trust anchor
+``validity_at_signing`` every certificate in the chain was valid at the claimed signing time
+``validity_now``        ... and is valid at verification time
+``revocation``          no certificate in the chain is on a CRL
+``signer_agency``       the certificate's agency code equals From/OrganId
+
+The claimed signing time is signed content: the status Timestamp, or the latest TraceHeader of
+the sender (``gateway sign`` stamps it).
+
+Usage::
+
+    verifier = Verifier(TrustStore.from_pem_files([Path("ca.cert.pem")]))
+    report = verifier.verify(data)
+    if not report.valid: print(report.render_text())
+
+.. warning:: Read package data only from ``report.package`` (built from what the signature
+   covers), never from your own parse of the input bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+from signxml import DigestAlgorithm, SignatureMethod, XMLVerifier
+from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
+from signxml.verifier import SignatureConfiguration
+
+from gateway import schema
+from gateway.codec import parse_package
+from gateway.envelope import DSIG_NS, EDXML_NS, DocumentPackage, PackageKind, StatusPackage
+from gateway.errors import (
+    CertificateExpired,
+    CertificateMalformed,
+    CertificateNotValidAtSigning,
+    CertificateUntrusted,
+    DigestMismatch,
+    GatewayError,
+    SignatureMalformed,
+    SignatureMissing,
+    SignatureValueMismatch,
+    SignerMismatch,
+    SignerUnbound,
+)
+from gateway.sigstructure import (
+    SignatureInfo,
+    check_algorithms,
+    check_transforms,
+    inspect_signature,
+)
+from gateway.trust import TrustStore, agency_code_of, describe
+from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
+
+__all__ = ["CHECK_NAMES", "Check", "VerificationReport", "Verifier", "VerifyPolicy"]
+
+CHECK_NAMES = (
+    "xml",
+    "structure",
+    "schema",
+    "algorithm",
+    "signature",
+    "envelope",
+    "chain",
+    "validity_at_signing",
+    "validity_now",
+    "revocation",
+    "signer_agency",
+)
+
+_E = f"{{{EDXML_NS}}}"
+_LOCATION = f"./{_E}edXMLEnvelope/{_E}edXMLHeader/"
+_ALL_METHODS = frozenset(SignatureMethod)
+_ALL_DIGESTS = frozenset(DigestAlgorithm)
+_CHAIN_CACHE_SIZE = 256
+
+Package = DocumentPackage | StatusPackage
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VerifyPolicy:
+    """How strict verification is. The defaults are the safe choice."""
+
+    #: admit RSA-SHA1 / SHA-1 digests (legacy archives only); the report then says so
+    allow_weak_algorithms: bool = False
+    #: fail when a certificate in the chain has no CRL from its issuer
+    require_revocation_check: bool = False
+    #: caps on the raw package
+    limits: XMLLimits = DEFAULT_LIMITS
+
+
+@dataclass(slots=True)
+class Check:
+    """One named check: ``ok`` is True, False, or None when it could not run."""
+
+    name: str
+    ok: bool | None = None
+    detail: str = "not run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class VerificationReport:
+    """Everything a verification found, in check order."""
+
+    checks: list[Check] = field(default_factory=lambda: [Check(n) for n in CHECK_NAMES])
+    errors: list[GatewayError] = field(default_factory=list)
+    kind: PackageKind | None = None
+    algorithm: str | None = None
+    weak_algorithm_admitted: bool = False
+    signing_time: dt.datetime | None = None
+    signing_time_source: str | None = None
+    signer: x509.Certificate | None = None
+    chain: list[x509.Certificate] = field(default_factory=list)
+    #: the package built from the signed content only (None unless the signature verified)
+    package: Package | None = None
+    #: the signed content as signxml returned it (None unless the signature verified)
+    signed_xml: etree._Element | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True only when every check ran and passed."""
+        return not self.errors and all(c.ok is True for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def passed(self, name: str, detail: str) -> None:
+        c = self.check(name)
+        c.ok, c.detail = True, detail
+
+    def failed(self, name: str, error: GatewayError) -> None:
+        c = self.check(name)
+        c.ok, c.detail = False, f"{error.code}: {error.message}"
+        self.errors.append(error)
+
+    def skipped(self, name: str, why: str) -> None:
+        c = self.check(name)
+        c.ok, c.detail = None, f"not run: {why}"
+
+    def first_error(self) -> GatewayError | None:
+        return self.errors[0] if self.errors else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` report."""
+        signer = None
+        if self.signer is not None:
+            signer = describe(self.signer)
+        return {
+            "valid": self.valid,
+            "kind": self.kind.value if self.kind else None,
+            "signer": signer,
+            "algorithm": self.algorithm,
+            "weak_algorithm_admitted": self.weak_algorithm_admitted,
+            "signing_time": self.signing_time.isoformat() if self.signing_time else None,
+            "signing_time_source": self.signing_time_source,
+            "checks": [c.to_dict() for c in self.checks],
+            "errors": [{"code": e.code, "message": e.message} for e in self.errors],
+        }
+
+    def render_text(self, name: str = "package") -> str:
+        """The human report."""
+        lines = [f"{name}: {'VALID' if self.valid else 'INVALID'}"]
+        if self.signer is not None:
+            d = describe(self.signer)
+            lines.append(f"  signer:    {d['subject']}")
+            lines.append(f"  agency:    {d['agency_code'] or '(none bound)'}")
+            lines.append(f"  issuer:    {d['issuer']}  serial {d['serial']}")
+            lines.append(f"  validity:  {d['not_before']} .. {d['not_after']}")
+        if self.algorithm:
+            lines.append(f"  algorithm: {self.algorithm}")
+        if self.weak_algorithm_admitted:
+            lines.append("  WARNING:   weak algorithm admitted (SHA-1); legacy archive mode")
+        if self.signing_time:
+            lines.append(f"  signed at: {self.signing_time.isoformat()} ({self.signing_time_source})")
+        for c in self.checks:
+            mark = {True: "ok  ", False: "FAIL", None: "--  "}[c.ok]
+            lines.append(f"  [{mark}] {c.name:<20} {c.detail}")
+        for e in self.errors:
+            lines.append(f"  error {e.code}: {e.message}")
+        return "\n".join(lines)
+
+
+def _signing_time(package: Package) -> tuple[dt.datetime | None, str | None]:
+    if isinstance(package, StatusPackage):
+        return package.timestamp, "status Timestamp"
+    sender = package.from_.organ_id.strip()
+    own = [t for t in package.trace_headers if t.organ_id.strip() == sender]
+    if own:
+        return own[-1].timestamp, f"sender's TraceHeader ({sender})"
+    return None, None
+
+
+def _embedded_certificates(info: SignatureInfo) -> list[x509.Certificate]:
+    ns = etree.QName(info.element).namespace
+    texts = [
+        (el.text or "")
+        for el in info.element.iterfind(f"{{{ns}}}KeyInfo/{{{ns}}}X509Data/{{{ns}}}X509Certificate")
+    ]
+    if not texts:
+        raise CertificateMalformed("the signature carries no X509Certificate in KeyInfo")
+    certs = []
+    for index, text in enumerate(texts):
+        body = "".join(text.split())
+        pem = "-----BEGIN CERTIFICATE-----\n" + body + "\n-----END CERTIFICATE-----\n"
+        try:
+            certs.append(x509.load_pem_x509_certificate(pem.encode("ascii")))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise CertificateMalformed(
+                f"X509Certificate #{index + 1} in KeyInfo cannot be decoded: {exc}",
+                detail={"index": index},
+            ) from None
+    return certs
+
+
+def _pick_leaf(certs: list[x509.Certificate]) -> x509.Certificate:
+    """The certificate that issued none of the others (the first one if that is ambiguous)."""
+    issuers = {c.issuer for c in certs}
+    leaves = [c for c in certs if c.subject not in issuers or len(certs) == 1]
+    return leaves[0] if leaves else certs[0]
+
+
+def _dsig_copy(root: etree._Element) -> etree._Element:
+    """A copy of the package whose edXML-namespace (legacy) Signature is moved to XMLDSig."""
+    copy = etree.fromstring(etree.tostring(root), INTERNAL_PARSER)
+    sig = copy.find(f"{_E}edXMLEnvelope/{_E}edXMLHeader/{_E}Signature")
+    if sig is not None:
+        for el in sig.iter():
+            if isinstance(el.tag, str) and etree.QName(el).namespace == EDXML_NS:
+                el.tag = f"{{{DSIG_NS}}}{etree.QName(el).localname}"
+        etree.cleanup_namespaces(copy)
+    return copy
+
+
+class _XMLVerifier(XMLVerifier):  # type: ignore[misc]
+    """signxml's verifier with a workaround for a libxml2 inclusive-C14N bug.
+
+    libxml2 2.14 (lxml 6) emits a bogus ``xmlns=""`` on grandchildren when an element deeper
+    than the root is canonicalised inclusively under a default-namespace override (exactly the
+    field's ``<Signature xmlns="...xmldsig#">`` with ``REC-xml-c14n-20010315`` SignedInfo),
+    so xmlsec1's and Santuario's signatures would never verify. Serialising the node (which
+    carries every in-scope namespace) and canonicalising it as a document root gives the
+    correct bytes. Exclusive C14N and whole-document references are unaffected.
+    """
+
+    def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
+        if not str(algorithm.value).startswith("http://www.w3.org/2001/10/xml-exc-c14n#"):
+            items = nodes if isinstance(nodes, list) else [nodes]
+            nodes = [
+                node
+                if node.getparent() is None
+                else etree.fromstring(etree.tostring(node), INTERNAL_PARSER)
+                for node in items
+            ]
+        out: bytes = super()._c14n(nodes, algorithm, inclusive_ns_prefixes=inclusive_ns_prefixes)
+        return out
+
+
+def _within(cert: x509.Certificate, at: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+
+
+class Verifier:
+    """Verifies packages against one trust store; reuse it (it caches verified chains)."""
+
+    def __init__(self, trust: TrustStore | None, policy: VerifyPolicy | None = None):
+        self.trust = trust
+        self.policy = policy or VerifyPolicy()
+        self._chains: OrderedDict[bytes, list[x509.Certificate]] = OrderedDict()
+
+    # -- public ----------------------------------------------------------------------------
+
+    def verify(self, data: bytes, *, now: dt.datetime | None = None) -> VerificationReport:
+        """Run every check on package bytes and return the report (never raises GatewayError)."""
+        report = VerificationReport()
+        now = now or dt.datetime.now(dt.UTC)
+        try:
+            root = parse_bytes(data, self.policy.limits)
+        except GatewayError as exc:
+            report.failed("xml", exc)
+            self._skip_rest(report, "xml", "the package could not be parsed safely")
+            return report
+        report.passed("xml", f"well-formed, {len(data)} bytes, no DTD")
+        self._verify_root(root, report, now)
+        return report
+
+    # -- pipeline --------------------------------------------------------------------------
+
+    def _skip_rest(self, report: VerificationReport, after: str, why: str) -> None:
+        start = CHECK_NAMES.index(after) + 1
+        for name in CHECK_NAMES[start:]:
+            if report.check(name).detail == "not run":
+                report.skipped(name, why)
+
+    def _run(
+        self, report: VerificationReport, name: str, step: Callable[[], str]
+    ) -> bool:
+        try:
+            detail = step()
+        except GatewayError as exc:
+            report.failed(name, exc)
+            return False
+        report.passed(name, detail)
+        return True
+
+    def _verify_root(self, root: etree._Element, report: VerificationReport, now: dt.datetime) -> None:
+        info_box: list[SignatureInfo] = []
+
+        def structure() -> str:
+            info = inspect_signature(root)
+            if info is None:
+                raise SignatureMissing("the package carries no signature (edXMLHeader/Signature)")
+            info_box.append(info)
+            ns = "edXML namespace (legacy field form)" if info.legacy_namespace else "XMLDSig"
+            return f"one Signature ({ns}) as last child of edXMLHeader; Reference URI=\"\""
+
+        if not self._run(report, "structure", structure):
+            self._skip_rest(report, "structure", "signature structure refused")
+            return
+        info = info_box[0]
+
+        def schema_step() -> str:
+            report.kind = schema.validate(root)
+            return f"valid {report.kind.value} package (xsd/)"
+
+        if not self._run(report, "schema", schema_step):
+            self._skip_rest(report, "schema", "schema invalid")
+            return
+
+        report.algorithm = info.signature_method
+
+        def algorithm() -> str:
+            report.weak_algorithm_admitted = check_algorithms(
+                info, allow_weak=self.policy.allow_weak_algorithms
+            )
+            check_transforms(info)
+            if report.weak_algorithm_admitted:
+                return "weak algorithm admitted (SHA-1): legacy archive mode"
+            return f"{SignatureMethod(info.signature_method).name}, digest {DigestAlgorithm(info.digest_method).name}"
+
+        algorithm_ok = self._run(report, "algorithm", algorithm)
+
+        try:
+            certs = _embedded_certificates(info)
+        except GatewayError as exc:
+            report.failed("chain", exc)
+            for name in ("signature", "envelope", "validity_at_signing", "validity_now", "revocation", "signer_agency"):
+                report.skipped(name, "no usable certificate in KeyInfo")
+            return
+        leaf = _pick_leaf(certs)
+        report.signer = leaf
+        others = [c for c in certs if c is not leaf]
+
+        if algorithm_ok:
+            signature_ok = self._run(report, "signature", lambda: self._check_signature(root, info, leaf, report))
+        else:
+            report.skipped("signature", "algorithm refused")
+            signature_ok = False
+        if signature_ok:
+            self._run(report, "envelope", lambda: self._check_envelope(report))
+        else:
+            report.skipped("envelope", "signed content unavailable")
+
+        at = report.signing_time or now
+        chain_ok = self._run(report, "chain", lambda: self._check_chain(leaf, others, at, report))
+        if chain_ok:
+            if report.signing_time is None:
+                report.skipped("validity_at_signing", "no signing time claimed in signed content")
+            else:
+                self._run(report, "validity_at_signing", lambda: self._check_validity(report.chain, at, signing=True))
+            self._run(report, "validity_now", lambda: self._check_validity(report.chain, now, signing=False))
+            self._run(report, "revocation", lambda: self._check_revocation(report.chain, now))
+        else:
+            for name in ("validity_at_signing", "validity_now", "revocation"):
+                report.skipped(name, "no trusted chain")
+        if report.package is not None:
+            package = report.package
+            self._run(report, "signer_agency", lambda: self._check_agency(leaf, package))
+        else:
+            report.skipped("signer_agency", "signed content unavailable")
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _check_signature(
+        self,
+        root: etree._Element,
+        info: SignatureInfo,
+        leaf: x509.Certificate,
+        report: VerificationReport,
+    ) -> str:
+        target = _dsig_copy(root) if info.legacy_namespace else root
+        # Certificate validity is judged by the chain/validity checks below, at the signing time
+        # and now; signxml's own check is pinned inside the validity window so that a digest or
+        # value failure is never masked by an expiry (and vice versa).
+        now = dt.datetime.now(dt.UTC)
+        pinned = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
+        config = SignatureConfiguration(
+            location=_LOCATION,
+            expect_references=1,
+            signature_methods=_ALL_METHODS,
+            digest_algorithms=_ALL_DIGESTS,
+            verification_time=pinned,
+        )
+        try:
+            result = _XMLVerifier().verify(
+                target,
+                x509_cert=leaf,
+                validate_schema=False,  # the edXML XSD already validated ds:Signature
+                parser=INTERNAL_PARSER,
+                expect_config=config,
+            )
+        except InvalidDigest as exc:
+            raise DigestMismatch(
+                f"the signed content was changed after signing: {exc}"
+            ) from None
+        except InvalidSignature as exc:
+            raise SignatureValueMismatch(
+                f"the SignatureValue does not verify with the embedded certificate's key: {exc}"
+            ) from None
+        except (InvalidInput, InvalidCertificate) as exc:
+            raise SignatureMalformed(f"the signature cannot be verified: {exc}") from None
+        signed = result.signed_xml
+        if signed is None or signed.tag != f"{_E}edXML":
+            raise SignatureMalformed("the signature does not cover the edXML root")
+        report.signed_xml = signed
+        legacy = " (legacy namespace)" if info.legacy_namespace else ""
+        return f"SignatureValue and digest verified{legacy}"
+
+    def _check_envelope(self, report: VerificationReport) -> str:
+        assert report.signed_xml is not None
+        package = parse_package(report.signed_xml)
+        report.package = package
+        report.signing_time, report.signing_time_source = _signing_time(package)
+        if isinstance(package, DocumentPackage):
+            return (
+                f"document from {package.from_.organ_id} to "
+                f"{', '.join(o.organ_id for o in package.to)}; "
+                f"{len(package.attachments)} attachment(s) match the manifest"
+            )
+        return f"status {package.status_code.value} from {package.from_.organ_id}"
+
+    def _check_chain(
+        self,
+        leaf: x509.Certificate,
+        others: list[x509.Certificate],
+        at: dt.datetime,
+        report: VerificationReport,
+    ) -> str:
+        if self.trust is None:
+            raise CertificateUntrusted("no trust anchors were supplied (--trust CA.pem)")
+        key = b"".join(c.public_bytes(serialization.Encoding.DER) for c in [leaf, *others])
+        cached = self._chains.get(key)
+        if cached is not None and all(_within(c, at) for c in cached):
+            self._chains.move_to_end(key)
+            chain = cached
+        else:
+            try:
+                chain = self.trust.verify_chain(leaf, others, at=at)
+            except CertificateNotValidAtSigning:
+                if report.signing_time is None:
+                    raise CertificateExpired(
+                        "the signer's certificate chain is not valid now"
+                    ) from None
+                raise
+            self._chains[key] = chain
+            if len(self._chains) > _CHAIN_CACHE_SIZE:
+                self._chains.popitem(last=False)
+        report.chain = list(chain)
+        anchor = chain[-1].subject.rfc4514_string()
+        return f"chain of {len(chain)} to trust anchor {anchor}"
+
+    def _check_validity(self, chain: list[x509.Certificate], at: dt.datetime, *, signing: bool) -> str:
+        for cert in chain:
+            if not _within(cert, at):
+                error = CertificateNotValidAtSigning if signing else CertificateExpired
+                raise error(
+                    f"{cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc.isoformat()}"
+                    f" .. {cert.not_valid_after_utc.isoformat()}, not at {at.isoformat()}",
+                    detail={"subject": cert.subject.rfc4514_string(), "at": at.isoformat()},
+                )
+        return f"all {len(chain)} certificates valid at {at.isoformat()}"
+
+    def _check_revocation(self, chain: list[x509.Certificate], now: dt.datetime) -> str:
+        assert self.trust is not None
+        result = self.trust.check_revocation(chain, at=now)
+        if not result.checked:
+            if self.policy.require_revocation_check:
+                raise CertificateUntrusted(
+                    "revocation could not be checked and the policy requires it: "
+                    + "; ".join(result.details)
+                )
+            return "not checked: no CRL supplied"
+        text = "; ".join(result.details)
+        if result.warnings:
+            text += " (warnings: " + "; ".join(result.warnings) + ")"
+        return text
+
+    def _check_agency(self, leaf: x509.Certificate, package: Package) -> str:
+        code = agency_code_of(leaf)
+        if code is None:
+            raise SignerUnbound()
+        sender = package.from_.organ_id.strip()
+        if str(code) != sender:
+            raise SignerMismatch(
+                f"the certificate is bound to {code} but the package is From {sender}",
+                detail={"certificate": str(code), "from": sender},
+            )
+        return f"certificate agency {code} == From/OrganId"

@@ -1,0 +1,115 @@
+"""Hostile XML is refused before parsing work, each attack with its own stable code."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ATTACKS, INTEROP
+from lxml import etree
+
+from gateway.errors import (
+    DoctypeForbidden,
+    MalformedXML,
+    XMLError,
+    XMLTooDeep,
+    XMLTooLarge,
+    XMLTooManyElements,
+)
+from gateway.xmlsafe import XMLLimits, parse_bytes
+
+HOSTILE = {
+    "xxe_file.edxml": "XML_EXTERNAL_ENTITY",
+    "xxe_network.edxml": "XML_EXTERNAL_ENTITY",
+    "xxe_parameter_entity.edxml": "XML_EXTERNAL_ENTITY",
+    "external_dtd.edxml": "XML_EXTERNAL_ENTITY",
+    "billion_laughs.edxml": "XML_ENTITY_EXPANSION",
+    "quadratic_blowup.edxml": "XML_ENTITY_DECLARATION",
+    "doctype_only.edxml": "XML_DOCTYPE_FORBIDDEN",
+}
+
+
+@pytest.mark.parametrize(("name", "code"), sorted(HOSTILE.items()))
+def test_hostile_xml_is_refused_with_its_code(name: str, code: str) -> None:
+    with pytest.raises(XMLError) as info:
+        parse_bytes((ATTACKS / name).read_bytes())
+    assert info.value.code == code
+    # nothing of the entity was resolved into the message
+    assert "root:" not in info.value.message
+
+
+def test_xxe_in_utf16_is_still_seen() -> None:
+    data = (ATTACKS / "xxe_file.edxml").read_text(encoding="utf-8")
+    data = data.replace('encoding="UTF-8"', 'encoding="UTF-16"')
+    with pytest.raises(XMLError) as info:
+        parse_bytes(data.encode("utf-16"))
+    assert info.value.code == "XML_EXTERNAL_ENTITY"
+
+
+def test_doctype_after_comment_and_pi_is_seen() -> None:
+    data = b'<?xml version="1.0"?>\n<!-- c -->\n<?pi x?>\n<!DOCTYPE edXML>\n<edXML/>'
+    with pytest.raises(DoctypeForbidden):
+        parse_bytes(data)
+
+
+def test_doctype_text_inside_a_comment_after_root_is_harmless() -> None:
+    root = parse_bytes(b"<edXML><!-- <!DOCTYPE x> --></edXML>")
+    assert root.tag == "edXML"
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "column", "reason"),
+    [
+        ("edoc_new.edxml", 1, 1, "Start tag expected"),
+        ("edoc.edxml", 116, 39, "Namespace prefix xlink"),
+    ],
+)
+def test_malformed_field_samples_name_line_and_column(
+    name: str, line: int, column: int, reason: str
+) -> None:
+    with pytest.raises(MalformedXML) as info:
+        parse_bytes((INTEROP / name).read_bytes())
+    assert info.value.code == "XML_MALFORMED"
+    assert info.value.detail["line"] == line
+    assert info.value.detail["column"] == column
+    assert reason in info.value.detail["reason"]
+    assert f"line {line}, column {column}" in info.value.message
+
+
+def test_size_cap_refuses_before_parsing() -> None:
+    with pytest.raises(XMLTooLarge) as info:
+        parse_bytes(b"<a>" + b"x" * 2000 + b"</a>", XMLLimits(max_bytes=1000))
+    assert info.value.http_status == 413
+    assert info.value.detail == {"size": 2007, "limit": 1000}
+
+
+def test_depth_cap() -> None:
+    deep = b"<a>" * 70 + b"</a>" * 70
+    with pytest.raises(XMLTooDeep):
+        parse_bytes(deep, XMLLimits(max_depth=64))
+    assert parse_bytes(b"<a>" * 60 + b"</a>" * 60, XMLLimits(max_depth=64)) is not None
+
+
+def test_element_count_cap() -> None:
+    many = b"<a>" + b"<b/>" * 500 + b"</a>"
+    with pytest.raises(XMLTooManyElements):
+        parse_bytes(many, XMLLimits(max_elements=100))
+
+
+def test_empty_input_is_malformed() -> None:
+    with pytest.raises(MalformedXML):
+        parse_bytes(b"   ")
+
+
+def test_a_large_attachment_text_node_parses() -> None:
+    # libxml2 refuses a text node over 10 MB unless huge_tree is set: a 50 MB attachment must pass.
+    big = b"<edXML><a>" + b"QUJD" * (4 * 1024 * 1024) + b"</a></edXML>"
+    root = parse_bytes(big)
+    assert len(root[0].text) == 16 * 1024 * 1024
+
+
+def test_entities_never_reach_lxml_defaults() -> None:
+    # Control: lxml's default parser WOULD expand this internal entity; ours refuses it.
+    data = b'<!DOCTYPE a [<!ENTITY e "expanded">]><a>&e;</a>'
+    assert etree.fromstring(data).text == "expanded"
+    with pytest.raises(XMLError) as info:
+        parse_bytes(data)
+    assert info.value.code == "XML_ENTITY_DECLARATION"
