@@ -165,36 +165,26 @@ def init_ca(
     _check_days(days)
     _check_key_type(key_type)
     directory = Path(directory)
-    paths = _ca_paths(directory)
-    existing = [
-        p
-        for p in (
-            paths.root_cert,
-            paths.root_key,
-            paths.intermediate_cert,
-            paths.intermediate_key,
-            paths.crl,
-        )
-        if p.exists()
-    ]
-    if existing or (directory / STATE_FILE).exists():
+    names = (ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY, CRL_FILE, STATE_FILE)
+    existing = [str(directory / n) for n in names if (directory / n).exists()]
+    if existing:
         raise UsageError(
             f"{directory} already holds a CA; refusing to overwrite it",
-            detail={"directory": str(directory), "existing": [str(p) for p in existing]},
+            detail={"directory": str(directory), "existing": existing},
         )
-    directory.mkdir(parents=True, exist_ok=True)
-
     now = _now()
     start = _utc(not_before) if not_before is not None else now - _CA_BACKDATE
-    if start >= now + dt.timedelta(days=days):
-        raise UsageError("not_before must be earlier than the end of the CA's validity")
     end = now + dt.timedelta(days=days)
+    if start >= end:
+        raise UsageError("not_before must be earlier than the end of the CA's validity")
+    directory.mkdir(parents=True, exist_ok=True)
+
     root_key = _generate_key(key_type)
     root_name = _name(common_name_prefix, f"{common_name_prefix} Root CA")
     root = (
         _builder(root_name, root_name, root_key.public_key(), start, end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(_ski(root_key), critical=False)
         .add_extension(_aki(root_key), critical=False)
         .sign(root_key, _SIGNING_HASH)
@@ -205,12 +195,22 @@ def init_ca(
     inter = (
         _builder(inter_name, root_name, inter_key.public_key(), start, end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(_ski(inter_key), critical=False)
         .add_extension(_aki(root_key), critical=False)
         .sign(root_key, _SIGNING_HASH)
     )
 
+    paths = CAPaths(
+        directory=directory,
+        root_cert=directory / ROOT_CERT,
+        root_key=directory / ROOT_KEY,
+        intermediate_cert=directory / INTERMEDIATE_CERT,
+        intermediate_key=directory / INTERMEDIATE_KEY,
+        crl=directory / CRL_FILE,
+        root_serial=root.serial_number,
+        intermediate_serial=inter.serial_number,
+    )
     _write_key(paths.root_key, root_key)
     _write_key(paths.intermediate_key, inter_key)
     _write_public(paths.root_cert, root.public_bytes(serialization.Encoding.PEM))
@@ -223,16 +223,7 @@ def init_ca(
         "revoked": {},
     }
     _write_crls(directory, state, root=root, root_key=root_key, inter=inter, inter_key=inter_key)
-    return CAPaths(
-        directory=directory,
-        root_cert=paths.root_cert,
-        root_key=paths.root_key,
-        intermediate_cert=paths.intermediate_cert,
-        intermediate_key=paths.intermediate_key,
-        crl=paths.crl,
-        root_serial=root.serial_number,
-        intermediate_serial=inter.serial_number,
-    )
+    return paths
 
 
 def issue(
@@ -288,7 +279,7 @@ def issue(
                 f"{path} already exists; refusing to overwrite it", detail={"path": str(path)}
             )
 
-    inter, inter_key = _load_intermediate(directory)
+    inter, inter_key = _load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
     state = _read_state(directory)
     org = _organization_of(inter)
     attrs = [
@@ -310,11 +301,16 @@ def issue(
         eku = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
 
     key = _generate_key(key_type)
+    leaf_usage = _key_usage(
+        digital_signature=True,
+        content_commitment=True,
+        key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+    )
     start = _utc(not_before) if not_before is not None else _now() - _LEAF_BACKDATE
     cert = (
         _builder(subject, inter.subject, key.public_key(), start, start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(isinstance(key, rsa.RSAPrivateKey)), critical=True)
+        .add_extension(leaf_usage, critical=True)
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(_ski(key), critical=False)
@@ -539,32 +535,23 @@ def _builder(
     )
 
 
-def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
+def _key_usage(**asserted: bool) -> x509.KeyUsage:
+    flags = dict.fromkeys(
+        (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
     )
-
-
-def _leaf_key_usage(is_rsa: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=True,
-        key_encipherment=is_rsa,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    flags.update(asserted)
+    return x509.KeyUsage(**flags)
 
 
 def _ski(key: _PrivateKey) -> x509.SubjectKeyIdentifier:
@@ -638,23 +625,6 @@ def _write_crls(
 # --- files -----------------------------------------------------------------------------------
 
 
-def _ca_paths(directory: Path) -> CAPaths:
-    return CAPaths(
-        directory=directory,
-        root_cert=directory / ROOT_CERT,
-        root_key=directory / ROOT_KEY,
-        intermediate_cert=directory / INTERMEDIATE_CERT,
-        intermediate_key=directory / INTERMEDIATE_KEY,
-        crl=directory / CRL_FILE,
-        root_serial=0,
-        intermediate_serial=0,
-    )
-
-
-def _load_intermediate(directory: Path) -> tuple[x509.Certificate, _PrivateKey]:
-    return _load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
-
-
 def _load_pair(
     directory: Path, cert_name: str, key_name: str
 ) -> tuple[x509.Certificate, _PrivateKey]:
@@ -712,7 +682,8 @@ def _write_key(path: Path, key: _PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # O_EXCL: never clobber a key; 0600 from the first byte, not chmod'ed afterwards.
+    # Created 0600, so the key is never readable by others even for a moment; O_EXCL: never
+    # clobber an existing key.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)

@@ -72,13 +72,14 @@ def detect_kind(root: etree._Element) -> PackageKind:
     lacks ``edXMLEnvelope/edXMLHeader/MessageHeader``.
     """
     if root.tag != _ROOT:
+        found = root.tag if isinstance(root.tag, str) else "not an element"
         raise errors.UnknownPackageKind(
-            detail={"path": "/", "reason": f"root element is {_describe(root)}, not edXML"}
+            detail={"path": "/", "reason": f"root is {found}, expected {_ROOT}"}
         )
     path = "/edXML"
     node: etree._Element = root
     for tag in (_ENVELOPE, _HEADER, _MESSAGE_HEADER):
-        child = node.find(tag)
+        child = next(node.iterchildren(tag), None)
         if child is None:
             name = etree.QName(tag).localname
             raise errors.UnknownPackageKind(
@@ -86,7 +87,8 @@ def detect_kind(root: etree._Element) -> PackageKind:
             )
         node = child
         path += "/" + etree.QName(tag).localname
-    return PackageKind.STATUS if node.find(_STATUS_CODE) is not None else PackageKind.DOCUMENT
+    is_status = next(node.iterchildren(_STATUS_CODE), None) is not None
+    return PackageKind.STATUS if is_status else PackageKind.DOCUMENT
 
 
 def validate(root: etree._Element, kind: PackageKind | None = None) -> PackageKind:
@@ -154,7 +156,7 @@ class _SandboxResolver(etree.Resolver):
 
     def __init__(self, xsd_dir: Path) -> None:
         super().__init__()
-        self._xsd_dir = xsd_dir
+        self._xsd_dir = xsd_dir.resolve()
 
     def resolve(self, system_url: str, public_id: str, context: Any) -> Any:  # type: ignore[override]
         path = _sandboxed_path(system_url, self._xsd_dir)

@@ -1,0 +1,142 @@
+"""The ``gateway`` command as an auditor runs it: a real process, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ATTACKS, G22, INTEROP, DevPKI
+
+GATEWAY = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GATEWAY, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def signed_file(tmp_path: Path, pki: DevPKI) -> Path:
+    issued = pki.issue(G22)
+    out = tmp_path / "signed.edxml"
+    done = run("sign", INTEROP / "edoc_update.edxml", "--key", issued.key, "--cert", issued.cert, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "signed" in done.stdout
+    return out
+
+
+def test_verify_valid_exits_0_and_lists_every_check(signed_file: Path, pki: DevPKI) -> None:
+    done = run("verify", signed_file, "--trust", pki.ca.root_cert, "--crl", pki.ca.crl)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "VALID" in done.stdout
+    for name in ("xml", "structure", "schema", "signature", "chain", "revocation", "signer_agency"):
+        assert name in done.stdout
+
+
+def test_verify_json_report_shape(signed_file: Path, pki: DevPKI) -> None:
+    done = run("verify", signed_file, "--trust", pki.ca.root_cert, "--crl", pki.ca.crl, "--json")
+    assert done.returncode == 0, done.stdout
+    report = json.loads(done.stdout)
+    assert report["valid"] is True
+    assert set(report["signer"]) >= {"subject", "agency_code", "issuer", "serial", "not_before", "not_after"}
+    assert report["signer"]["agency_code"] == G22
+    assert report["algorithm"].endswith("#rsa-sha256")
+    assert all({"name", "ok", "detail"} <= set(c) for c in report["checks"])
+    assert report["errors"] == []
+
+
+def test_verify_tampered_exits_1_with_code(signed_file: Path, pki: DevPKI, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.edxml"
+    bad.write_bytes(signed_file.read_bytes().replace(b"1896_QD", b"1897_QD", 1))
+    done = run("verify", bad, "--trust", pki.ca.root_cert, "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["valid"] is False
+    assert [e["code"] for e in report["errors"]] == ["SIGNATURE_DIGEST_MISMATCH"]
+
+
+def test_verify_without_trust_is_invalid_not_crash(signed_file: Path) -> None:
+    done = run("verify", signed_file, "--json")
+    assert done.returncode == 1
+    assert [e["code"] for e in json.loads(done.stdout)["errors"]] == ["CERT_UNTRUSTED"]
+
+
+def test_verify_missing_file_exits_2(tmp_path: Path) -> None:
+    done = run("verify", tmp_path / "nope.edxml")
+    assert done.returncode == 2
+    assert "USAGE_ERROR" in done.stderr
+
+
+def test_verify_unreadable_trust_file_exits_2(signed_file: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    done = run("verify", signed_file, "--trust", junk)
+    assert done.returncode == 2
+    assert "error:" in done.stderr
+
+
+def test_verify_field_sample_says_weak_algorithm(pki: DevPKI) -> None:
+    done = run("verify", INTEROP / "edoc_relayed_by_hub.edxml", "--trust", pki.ca.root_cert, "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["errors"][0]["code"] == "SIGNATURE_WEAK_ALGORITHM"
+
+
+def test_allow_weak_setting_from_config_and_environment(pki: DevPKI, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[verify]\nallow_weak_algorithms = true\n")
+    sample = INTEROP / "edoc_relayed_by_hub.edxml"
+    by_file = json.loads(run("verify", sample, "--config", config, "--json").stdout)
+    by_env = json.loads(
+        run("verify", sample, "--json", env={"GATEWAY_VERIFY__ALLOW_WEAK_ALGORITHMS": "true"}).stdout
+    )
+    for report in (by_file, by_env):
+        assert report["weak_algorithm_admitted"] is True
+        assert "SIGNATURE_VALUE_MISMATCH" in [e["code"] for e in report["errors"]]
+
+
+def test_bad_config_key_is_named(tmp_path: Path, signed_file: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[verify]\nallow_weak_algoritms = true\n")
+    done = run("verify", signed_file, "--config", config)
+    assert done.returncode == 2
+    assert "allow_weak_algoritms" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["edoc.edxml", "edoc_new.edxml"])
+def test_validate_malformed_sample_names_line_and_column(name: str) -> None:
+    done = run("validate", INTEROP / name, "--json")
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["errors"][0]
+    assert error["code"] == "XML_MALFORMED"
+    assert error["detail"]["line"] >= 1 and error["detail"]["column"] >= 1
+
+
+def test_validate_good_and_attack(tmp_path: Path) -> None:
+    assert run("validate", INTEROP / "status_finish_06.edxml").returncode == 0
+    done = run("validate", ATTACKS / "billion_laughs.edxml")
+    assert done.returncode == 1
+    assert "XML_ENTITY_EXPANSION" in done.stdout
+
+
+def test_sign_refuses_mismatched_key_and_cert(pki: DevPKI, tmp_path: Path) -> None:
+    a = pki.issue(G22)
+    b = pki.issue("000.00.00.G12")
+    done = run("sign", INTEROP / "edoc_update.edxml", "--key", a.key, "--cert", b.cert, "-o", tmp_path / "x")
+    assert done.returncode == 2
+    assert "does not match" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_sign_never_prints_key_material(signed_file: Path, pki: DevPKI) -> None:
+    assert b"PRIVATE KEY" not in signed_file.read_bytes()
