@@ -18,7 +18,9 @@ from pathlib import Path
 
 import click
 from lxml import etree
-from signxml import CanonicalizationMethod, XMLSigner, XMLVerifier
+from signxml.algorithms import CanonicalizationMethod
+from signxml.signer import XMLSigner
+from signxml.verifier import XMLVerifier
 
 from gateway.pki import init_ca, issue
 from gateway.signing import SigningKey, sign_package
@@ -27,6 +29,7 @@ from gateway.verification import Verifier
 
 __all__ = ["make_envelope", "run_envelope_bench"]
 
+_BARE_PARSER = etree.XMLParser(resolve_entities=False, huge_tree=True)
 _INTEROP = Path(__file__).resolve().parent.parent / "tests" / "data" / "interop"
 
 
@@ -65,7 +68,9 @@ def run_envelope_bench(seconds: float = 2.0) -> None:
         key = SigningKey.load(issued.key, issued.cert)
         verifier = Verifier(TrustStore.from_pem_files([ca.root_cert], crls=[ca.crl]))
         click.echo(f"RSA-2048 signer, {seconds:.1f} s per measurement, medians")
-        click.echo(f"{'size':>6} {'operation':<8} {'ours ops/s':>11} {'bare ops/s':>11} {'ours/bare':>9}")
+        click.echo(
+            f"{'size':>6} {'operation':<8} {'ours ops/s':>11} {'bare ops/s':>11} {'ours/bare':>9}"
+        )
         for label, size in (("5 KB", 5 * 1024), ("1 MB", 1024 * 1024)):
             unsigned = make_envelope(size)
             signed = sign_package(unsigned, key)
@@ -78,24 +83,30 @@ def run_envelope_bench(seconds: float = 2.0) -> None:
                 digest_algorithm="sha256",
                 c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
             )
-            parser = etree.XMLParser(resolve_entities=False, huge_tree=True)
 
             def bare_sign(data: bytes = unsigned, signer: XMLSigner = bare_signer) -> bytes:
-                root = etree.fromstring(data, parser)
+                root = etree.fromstring(data, _BARE_PARSER)
                 out = signer.sign(root, key=key.private_key, cert=[key.certificate, *key.chain])
                 return bytes(etree.tostring(out))
 
             def bare_verify(data: bytes = signed) -> object:
-                return XMLVerifier().verify(data, x509_cert=key.certificate, parser=parser)
+                return XMLVerifier().verify(data, x509_cert=key.certificate, parser=_BARE_PARSER)
 
-            ours_sign = _rate(lambda data=unsigned: sign_package(data, key), seconds)
+            def ours_sign_once(data: bytes = unsigned) -> bytes:
+                return sign_package(data, key)
+
+            def ours_verify_once(data: bytes = signed) -> object:
+                return verifier.verify(data)
+
+            ours_sign = _rate(ours_sign_once, seconds)
             base_sign = _rate(bare_sign, seconds)
-            ours_verify = _rate(lambda data=signed: verifier.verify(data), seconds)
+            ours_verify = _rate(ours_verify_once, seconds)
             base_verify = _rate(bare_verify, seconds)
-            for op, ours, base in (("sign", ours_sign, base_sign), ("verify", ours_verify, base_verify)):
-                click.echo(
-                    f"{label:>6} {op:<8} {ours[0]:>11.1f} {base[0]:>11.1f} {ours[0] / base[0]:>8.2f}x"
-                )
-        click.echo(
-            "ours verify = safe parse + structure + XSD + signature + envelope + chain + CRL + agency"
-        )
+            for op, ours, base in (
+                ("sign", ours_sign, base_sign),
+                ("verify", ours_verify, base_verify),
+            ):
+                ratio = ours[0] / base[0]
+                click.echo(f"{label:>6} {op:<8} {ours[0]:>11.1f} {base[0]:>11.1f} {ratio:>8.2f}x")
+        click.echo("ours verify = safe parse + structure + XSD + signature + envelope + chain")
+        click.echo("              + validity + CRL + signer agency; bare = signxml verify only")

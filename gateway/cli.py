@@ -46,12 +46,40 @@ def main() -> None:
 
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="PEM private key (RSA 2048/3072 or ECDSA P-256).")
-@click.option("--cert", "cert_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="PEM certificate, leaf first, chain after it.")
-@click.option("--chain", "chain_paths", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Extra PEM intermediates to embed.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Where to write the signed package.")
-@click.option("--no-stamp", is_flag=True, help="Do not record the signing time in the sender's TraceHeader.")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file (limits).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM private key (RSA 2048/3072 or ECDSA P-256).",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM certificate, leaf first, chain after it.",
+)
+@click.option(
+    "--chain",
+    "chain_paths",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Extra PEM intermediates to embed.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the signed package.",
+)
+@click.option(
+    "--no-stamp", is_flag=True, help="Do not record the signing time in the sender's TraceHeader."
+)
+@click.option(
+    "--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file (limits)."
+)
 def sign(
     infile: Path,
     key_path: Path,
@@ -85,13 +113,35 @@ def sign(
 
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--trust", "anchors", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Trust anchor(s), PEM. Repeatable.")
-@click.option("--crl", "crls", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="CRL file(s), PEM. Repeatable.")
-@click.option("--intermediate", "intermediates", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Extra intermediate CA certificates, PEM.")
+@click.option(
+    "--trust",
+    "anchors",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Trust anchor(s), PEM. Repeatable.",
+)
+@click.option(
+    "--crl",
+    "crls",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CRL file(s), PEM. Repeatable.",
+)
+@click.option(
+    "--intermediate",
+    "intermediates",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Extra intermediate CA certificates, PEM.",
+)
 @click.option("--allow-weak", is_flag=True, help="Admit SHA-1 signatures (legacy archives only).")
 @click.option("--require-crl", is_flag=True, help="Fail when a certificate's issuer has no CRL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file ([trust], [verify], [limits]).")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Settings file ([trust], [verify], [limits]).",
+)
 def verify(
     infile: Path,
     anchors: tuple[Path, ...],
@@ -160,7 +210,9 @@ def _report_refused_early(infile: Path, exc: GatewayError, as_json: bool) -> NoR
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file ([limits]).")
+@click.option(
+    "--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file ([limits])."
+)
 def validate(infile: Path, as_json: bool, config: Path | None) -> None:
     """Check INFILE against the edXML schema only (exit 0/1/2); signatures are not checked."""
     from gateway import schema
@@ -187,14 +239,20 @@ def validate(infile: Path, as_json: bool, config: Path | None) -> None:
                     click.echo(f"  {key}: {value}")
         sys.exit(EXIT_INVALID)
     if as_json:
-        click.echo(json.dumps({"file": str(infile), "valid": True, "kind": kind.value, "errors": []}))
+        click.echo(
+            json.dumps({"file": str(infile), "valid": True, "kind": kind.value, "errors": []})
+        )
     else:
         click.echo(f"{infile}: VALID ({kind.value} package)")
     sys.exit(EXIT_VALID)
 
 
 @main.command()
-@click.option("--keep", type=click.Path(path_type=Path, file_okay=False), help="Keep the demo's files in this folder.")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep the demo's files in this folder.",
+)
 def demo(keep: Path | None) -> None:
     """Make a dev PKI, sign a real field sample, verify it, tamper with it, verify again."""
     from gateway.demo import run_demo

@@ -90,6 +90,8 @@ def _clip(value: str) -> str:
 
 def _raw_text(el: etree._Element) -> str:
     """The element's own character data (comment tails included), unstripped."""
+    if len(el) == 0:
+        return el.text or ""
     parts = [el.text or ""]
     parts.extend(child.tail or "" for child in el)
     return "".join(parts)
@@ -103,16 +105,25 @@ def _line(el: etree._Element) -> int | None:
 class _Node:
     """An edXML element, its path for error messages, and its edXML children by local name."""
 
-    __slots__ = ("children", "el", "path")
+    __slots__ = ("_children", "_value", "el", "path")
 
     def __init__(self, el: etree._Element, path: str) -> None:
         self.el = el
         self.path = path
-        self.children: dict[str, list[etree._Element]] = {}
-        for child in el:
-            tag = child.tag
-            if isinstance(tag, str) and tag.startswith(_PREFIX):
-                self.children.setdefault(tag[len(_PREFIX) :], []).append(child)
+        self._children: dict[str, list[etree._Element]] | None = None
+        self._value: str | None = None
+
+    @property
+    def children(self) -> dict[str, list[etree._Element]]:
+        """edXML-namespace child elements by local name, indexed on first use."""
+        if self._children is None:
+            index: dict[str, list[etree._Element]] = {}
+            for child in self.el:
+                tag = child.tag
+                if isinstance(tag, str) and tag.startswith(_PREFIX):
+                    index.setdefault(tag[len(_PREFIX) :], []).append(child)
+            self._children = index
+        return self._children
 
     @property
     def line(self) -> int | None:
@@ -121,7 +132,9 @@ class _Node:
     @property
     def value(self) -> str:
         """Stripped character data ("" when empty)."""
-        return _raw_text(self.el).strip()
+        if self._value is None:
+            self._value = _raw_text(self.el).strip()
+        return self._value
 
     def has(self, name: str) -> bool:
         return name in self.children
@@ -161,7 +174,9 @@ class _Node:
 
     def is_empty(self) -> bool:
         """No child elements and no character data: the same as absent."""
-        return not any(isinstance(c.tag, str) for c in self.el) and not self.value
+        if len(self.el) and any(isinstance(c.tag, str) for c in self.el):
+            return False
+        return not self.value
 
     def text(self, name: str) -> str | None:
         node = self.one(name)

@@ -179,7 +179,7 @@ class ExternalEntityForbidden(XMLError):
 
 
 class EntityExpansionForbidden(XMLError):
-    """Entities that expand other entities are declared (billion laughs): refused, never expanded."""
+    """Entities expanding other entities are declared (billion laughs): refused, not expanded."""
 
     code = "XML_ENTITY_EXPANSION"
     meaning = "package refused: nested entity expansion"

@@ -96,7 +96,9 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be an integer, not {value!r}", detail={"key": where}) from None
+            raise ConfigError(
+                f"{where} must be an integer, not {value!r}", detail={"key": where}
+            ) from None
         if number <= 0:
             raise ConfigError(f"{where} must be positive", detail={"key": where})
         return number
@@ -104,7 +106,11 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{where} must be a list of paths", detail={"key": where})
-        return tuple((base / i.strip()) if not Path(i.strip()).is_absolute() else Path(i.strip()) for i in items if i.strip())
+        return tuple(
+            (base / i.strip()) if not Path(i.strip()).is_absolute() else Path(i.strip())
+            for i in items
+            if i.strip()
+        )
     raise ConfigError(f"{where}: unsupported setting type {annotation}")  # pragma: no cover
 
 

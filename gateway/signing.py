@@ -25,8 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
-from signxml import CanonicalizationMethod, SignatureMethod, XMLSigner
+from signxml.algorithms import CanonicalizationMethod, SignatureMethod
 from signxml.exceptions import InvalidInput
+from signxml.signer import XMLSigner
 
 from gateway.envelope import DSIG_NS, EDXML_NS
 from gateway.errors import SignatureMalformed, UsageError
@@ -131,7 +132,9 @@ def _stamp_sender_trace(root: etree._Element, when: dt.datetime) -> None:
     if status_time is not None:
         status_time.text = stamp
         return
-    sender = root.findtext("e:edXMLEnvelope/e:edXMLHeader/e:MessageHeader/e:From/e:OrganId", None, ns)
+    sender = root.findtext(
+        "e:edXMLEnvelope/e:edXMLHeader/e:MessageHeader/e:From/e:OrganId", None, ns
+    )
     trace_list = root.find("e:edXMLEnvelope/e:edXMLHeader/e:TraceHeaderList", ns)
     if sender is None or trace_list is None:
         return
@@ -143,7 +146,10 @@ def _stamp_sender_trace(root: etree._Element, when: dt.datetime) -> None:
             ts.text = stamp
             return
     prefix = trace_list.prefix
-    tag = (lambda name: f"{{{EDXML_NS}}}{name}")
+
+    def tag(name: str) -> str:
+        return f"{{{EDXML_NS}}}{name}"
+
     trace = etree.Element(tag("TraceHeader"), nsmap={prefix: EDXML_NS} if prefix else None)
     etree.SubElement(trace, tag("OrganId")).text = sender.strip()
     etree.SubElement(trace, tag("Timestamp")).text = stamp
@@ -173,17 +179,22 @@ def sign_root(
             header.remove(old)
     if stamp_trace:
         _stamp_sender_trace(root, now or dt.datetime.now(dt.UTC))
-    placeholder = etree.SubElement(header, f"{{{DSIG_NS}}}Signature", nsmap={None: DSIG_NS})
+    placeholder = etree.SubElement(
+        header,
+        f"{{{DSIG_NS}}}Signature",
+        nsmap={None: DSIG_NS},  # type: ignore[dict-item]  # lxml-stubs omit the default ns
+    )
     placeholder.set("Id", "placeholder")
     signer = XMLSigner(
         signature_algorithm=key.algorithm,
         digest_algorithm="sha256",
         c14n_algorithm=_C14N,
     )
-    signer.namespaces = {None: DSIG_NS}  # type: ignore[dict-item]  # unprefixed, as in the field
+    # unprefixed, as in the field; signxml documents {None: ds} though its annotation omits it
+    signer.namespaces = {None: DSIG_NS}  # type: ignore[dict-item]
     # signxml re-parses its own serialisation of our already-vetted tree; huge_tree lets a 50 MB
     # attachment (one text node) through.
-    signer._parser = INTERNAL_PARSER
+    signer._parser = INTERNAL_PARSER  # type: ignore[assignment]
     try:
         # No reference_uri: signxml then signs the root, which has no Id, as URI="".
         signed: etree._Element = signer.sign(

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from lxml import etree
-from signxml import DigestAlgorithm, SignatureMethod
+from signxml.algorithms import DigestAlgorithm, SignatureMethod
 
 from gateway.envelope import DSIG_NS, EDXML_NS
 from gateway.errors import (
@@ -155,21 +155,26 @@ def inspect_signature(root: etree._Element) -> SignatureInfo | None:
             detail={"found_under": _local(parent) if parent is not None else None},
         )
     ns = etree.QName(sig).namespace
-    q = (lambda name: f"{{{ns}}}{name}")
+
+    def q(name: str) -> str:
+        return f"{{{ns}}}{name}"
+
     signed_info = sig.find(q("SignedInfo"))
     method = signed_info.find(q("SignatureMethod")) if signed_info is not None else None
     if signed_info is None or method is None or sig.find(q("SignatureValue")) is None:
-        raise SignatureMalformed("the Signature lacks SignedInfo, SignatureMethod or SignatureValue")
+        raise SignatureMalformed(
+            "the Signature lacks SignedInfo, SignatureMethod or SignatureValue"
+        )
     references = signed_info.findall(q("Reference"))
     if len(references) != 1:
         raise PartialCoverage(
-            f"the signature has {len(references)} references; exactly one, URI=\"\", is required",
+            f'the signature has {len(references)} references; exactly one, URI="", is required',
             detail={"references": [r.get("URI") for r in references]},
         )
     ref = references[0]
     if ref.get("URI") != "":
         raise PartialCoverage(
-            f"the signature's Reference URI is {ref.get('URI')!r}: it must be \"\" so the "
+            f'the signature\'s Reference URI is {ref.get("URI")!r}: it must be "" so the '
             "whole package (header, trace list, manifest and attachments) is signed",
             detail={"uri": ref.get("URI")},
         )

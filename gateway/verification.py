@@ -39,9 +39,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
-from signxml import DigestAlgorithm, SignatureMethod, XMLVerifier
+from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
-from signxml.verifier import SignatureConfiguration
+from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from gateway import schema
 from gateway.codec import parse_package
@@ -190,7 +190,9 @@ class VerificationReport:
         if self.weak_algorithm_admitted:
             lines.append("  WARNING:   weak algorithm admitted (SHA-1); legacy archive mode")
         if self.signing_time:
-            lines.append(f"  signed at: {self.signing_time.isoformat()} ({self.signing_time_source})")
+            lines.append(
+                f"  signed at: {self.signing_time.isoformat()} ({self.signing_time_source})"
+            )
         for c in self.checks:
             mark = {True: "ok  ", False: "FAIL", None: "--  "}[c.ok]
             lines.append(f"  [{mark}] {c.name:<20} {c.detail}")
@@ -310,9 +312,7 @@ class Verifier:
             if report.check(name).detail == "not run":
                 report.skipped(name, why)
 
-    def _run(
-        self, report: VerificationReport, name: str, step: Callable[[], str]
-    ) -> bool:
+    def _run(self, report: VerificationReport, name: str, step: Callable[[], str]) -> bool:
         try:
             detail = step()
         except GatewayError as exc:
@@ -321,7 +321,9 @@ class Verifier:
         report.passed(name, detail)
         return True
 
-    def _verify_root(self, root: etree._Element, report: VerificationReport, now: dt.datetime) -> None:
+    def _verify_root(
+        self, root: etree._Element, report: VerificationReport, now: dt.datetime
+    ) -> None:
         info_box: list[SignatureInfo] = []
 
         def structure() -> str:
@@ -330,7 +332,7 @@ class Verifier:
                 raise SignatureMissing("the package carries no signature (edXMLHeader/Signature)")
             info_box.append(info)
             ns = "edXML namespace (legacy field form)" if info.legacy_namespace else "XMLDSig"
-            return f"one Signature ({ns}) as last child of edXMLHeader; Reference URI=\"\""
+            return f'one Signature ({ns}) as last child of edXMLHeader; Reference URI=""'
 
         if not self._run(report, "structure", structure):
             self._skip_rest(report, "structure", "signature structure refused")
@@ -354,7 +356,8 @@ class Verifier:
             check_transforms(info)
             if report.weak_algorithm_admitted:
                 return "weak algorithm admitted (SHA-1): legacy archive mode"
-            return f"{SignatureMethod(info.signature_method).name}, digest {DigestAlgorithm(info.digest_method).name}"
+            method = SignatureMethod(info.signature_method).name
+            return f"{method}, digest {DigestAlgorithm(info.digest_method).name}"
 
         algorithm_ok = self._run(report, "algorithm", algorithm)
 
@@ -362,7 +365,14 @@ class Verifier:
             certs = _embedded_certificates(info)
         except GatewayError as exc:
             report.failed("chain", exc)
-            for name in ("signature", "envelope", "validity_at_signing", "validity_now", "revocation", "signer_agency"):
+            for name in (
+                "signature",
+                "envelope",
+                "validity_at_signing",
+                "validity_now",
+                "revocation",
+                "signer_agency",
+            ):
                 report.skipped(name, "no usable certificate in KeyInfo")
             return
         leaf = _pick_leaf(certs)
@@ -370,7 +380,9 @@ class Verifier:
         others = [c for c in certs if c is not leaf]
 
         if algorithm_ok:
-            signature_ok = self._run(report, "signature", lambda: self._check_signature(root, info, leaf, report))
+            signature_ok = self._run(
+                report, "signature", lambda: self._check_signature(root, info, leaf, report)
+            )
         else:
             report.skipped("signature", "algorithm refused")
             signature_ok = False
@@ -385,8 +397,16 @@ class Verifier:
             if report.signing_time is None:
                 report.skipped("validity_at_signing", "no signing time claimed in signed content")
             else:
-                self._run(report, "validity_at_signing", lambda: self._check_validity(report.chain, at, signing=True))
-            self._run(report, "validity_now", lambda: self._check_validity(report.chain, now, signing=False))
+                self._run(
+                    report,
+                    "validity_at_signing",
+                    lambda: self._check_validity(report.chain, at, signing=True),
+                )
+            self._run(
+                report,
+                "validity_now",
+                lambda: self._check_validity(report.chain, now, signing=False),
+            )
             self._run(report, "revocation", lambda: self._check_revocation(report.chain, now))
         else:
             for name in ("validity_at_signing", "validity_now", "revocation"):
@@ -428,15 +448,14 @@ class Verifier:
                 expect_config=config,
             )
         except InvalidDigest as exc:
-            raise DigestMismatch(
-                f"the signed content was changed after signing: {exc}"
-            ) from None
+            raise DigestMismatch(f"the signed content was changed after signing: {exc}") from None
         except InvalidSignature as exc:
             raise SignatureValueMismatch(
                 f"the SignatureValue does not verify with the embedded certificate's key: {exc}"
             ) from None
         except (InvalidInput, InvalidCertificate) as exc:
             raise SignatureMalformed(f"the signature cannot be verified: {exc}") from None
+        assert isinstance(result, VerifyResult)  # expect_references=1 gives one result
         signed = result.signed_xml
         if signed is None or signed.tag != f"{_E}edXML":
             raise SignatureMalformed("the signature does not cover the edXML root")
@@ -487,12 +506,15 @@ class Verifier:
         anchor = chain[-1].subject.rfc4514_string()
         return f"chain of {len(chain)} to trust anchor {anchor}"
 
-    def _check_validity(self, chain: list[x509.Certificate], at: dt.datetime, *, signing: bool) -> str:
+    def _check_validity(
+        self, chain: list[x509.Certificate], at: dt.datetime, *, signing: bool
+    ) -> str:
         for cert in chain:
             if not _within(cert, at):
                 error = CertificateNotValidAtSigning if signing else CertificateExpired
+                subject = cert.subject.rfc4514_string()
                 raise error(
-                    f"{cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc.isoformat()}"
+                    f"{subject} is valid {cert.not_valid_before_utc.isoformat()}"
                     f" .. {cert.not_valid_after_utc.isoformat()}, not at {at.isoformat()}",
                     detail={"subject": cert.subject.rfc4514_string(), "at": at.isoformat()},
                 )
@@ -507,7 +529,7 @@ class Verifier:
                     "revocation could not be checked and the policy requires it: "
                     + "; ".join(result.details)
                 )
-            return "not checked: no CRL supplied"
+            return "not fully checked (no CRL for every issuer): " + "; ".join(result.details)
         text = "; ".join(result.details)
         if result.warnings:
             text += " (warnings: " + "; ".join(result.warnings) + ")"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -38,7 +39,14 @@ from gateway.errors import (
     XMLTooManyElements,
 )
 
-__all__ = ["DEFAULT_LIMITS", "INTERNAL_PARSER", "XMLLimits", "parse_bytes", "parse_file", "read_limited"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "INTERNAL_PARSER",
+    "XMLLimits",
+    "parse_bytes",
+    "parse_file",
+    "read_limited",
+]
 
 # libxml2 refuses a single text node above 10 MB unless huge_tree is set; a 50 MB attachment
 # is one ~67 MB base64 text node. huge_tree is safe here only because DTDs never reach lxml.
@@ -194,7 +202,7 @@ def parse_bytes(data: bytes, limits: XMLLimits = DEFAULT_LIMITS) -> etree._Eleme
             f"not well-formed XML at line {line}, column {column}: {reason}",
             detail={"line": line, "column": column, "reason": reason},
         ) from None
-    docinfo = root.getroottree().docinfo
+    docinfo: Any = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
         # The prolog scan should have caught it; refuse anyway, never use it.
         raise DoctypeForbidden("a DOCTYPE declaration is not allowed in an edXML package")

@@ -30,7 +30,9 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
 def signed_file(tmp_path: Path, pki: DevPKI) -> Path:
     issued = pki.issue(G22)
     out = tmp_path / "signed.edxml"
-    done = run("sign", INTEROP / "edoc_update.edxml", "--key", issued.key, "--cert", issued.cert, "-o", out)
+    done = run(
+        "sign", INTEROP / "edoc_update.edxml", "--key", issued.key, "--cert", issued.cert, "-o", out
+    )
     assert done.returncode == 0, done.stderr
     assert "signed" in done.stdout
     return out
@@ -49,7 +51,14 @@ def test_verify_json_report_shape(signed_file: Path, pki: DevPKI) -> None:
     assert done.returncode == 0, done.stdout
     report = json.loads(done.stdout)
     assert report["valid"] is True
-    assert set(report["signer"]) >= {"subject", "agency_code", "issuer", "serial", "not_before", "not_after"}
+    assert set(report["signer"]) >= {
+        "subject",
+        "agency_code",
+        "issuer",
+        "serial",
+        "not_before",
+        "not_after",
+    }
     assert report["signer"]["agency_code"] == G22
     assert report["algorithm"].endswith("#rsa-sha256")
     assert all({"name", "ok", "detail"} <= set(c) for c in report["checks"])
@@ -87,7 +96,9 @@ def test_verify_unreadable_trust_file_exits_2(signed_file: Path, tmp_path: Path)
 
 
 def test_verify_field_sample_says_weak_algorithm(pki: DevPKI) -> None:
-    done = run("verify", INTEROP / "edoc_relayed_by_hub.edxml", "--trust", pki.ca.root_cert, "--json")
+    done = run(
+        "verify", INTEROP / "edoc_relayed_by_hub.edxml", "--trust", pki.ca.root_cert, "--json"
+    )
     assert done.returncode == 1
     assert json.loads(done.stdout)["errors"][0]["code"] == "SIGNATURE_WEAK_ALGORITHM"
 
@@ -98,7 +109,9 @@ def test_allow_weak_setting_from_config_and_environment(pki: DevPKI, tmp_path: P
     sample = INTEROP / "edoc_relayed_by_hub.edxml"
     by_file = json.loads(run("verify", sample, "--config", config, "--json").stdout)
     by_env = json.loads(
-        run("verify", sample, "--json", env={"GATEWAY_VERIFY__ALLOW_WEAK_ALGORITHMS": "true"}).stdout
+        run(
+            "verify", sample, "--json", env={"GATEWAY_VERIFY__ALLOW_WEAK_ALGORITHMS": "true"}
+        ).stdout
     )
     for report in (by_file, by_env):
         assert report["weak_algorithm_admitted"] is True
@@ -132,7 +145,16 @@ def test_validate_good_and_attack(tmp_path: Path) -> None:
 def test_sign_refuses_mismatched_key_and_cert(pki: DevPKI, tmp_path: Path) -> None:
     a = pki.issue(G22)
     b = pki.issue("000.00.00.G12")
-    done = run("sign", INTEROP / "edoc_update.edxml", "--key", a.key, "--cert", b.cert, "-o", tmp_path / "x")
+    done = run(
+        "sign",
+        INTEROP / "edoc_update.edxml",
+        "--key",
+        a.key,
+        "--cert",
+        b.cert,
+        "-o",
+        tmp_path / "x",
+    )
     assert done.returncode == 2
     assert "does not match" in done.stderr
     assert not (tmp_path / "x").exists()

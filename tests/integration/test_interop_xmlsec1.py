@@ -113,7 +113,9 @@ def test_signed_by_xmlsec1_verifies_with_gateway(
     name: str,
 ) -> None:
     issued = fresh_pki.issue(agency, key_type=key_type)
-    signed = _xmlsec_sign(tmp_path, _template(name, method, c14n, transform), issued.key, issued.cert)
+    signed = _xmlsec_sign(
+        tmp_path, _template(name, method, c14n, transform), issued.key, issued.cert
+    )
     # xmlsec1 embeds the leaf only: the verifier is configured with the intermediate
     report = fresh_pki.verifier(with_intermediate=True).verify(signed)
     assert report.valid, report.render_text()

@@ -159,9 +159,7 @@ def test_certificate_expired_now_but_valid_at_signing(fresh_pki: DevPKI) -> None
 
 def test_signing_time_before_certificate_is_refused(fresh_pki: DevPKI) -> None:
     key = fresh_pki.key(G22)
-    signed = sign_package(
-        sample("edoc_update.edxml"), key, now=NOW - dt.timedelta(days=400)
-    )
+    signed = sign_package(sample("edoc_update.edxml"), key, now=NOW - dt.timedelta(days=400))
     assert codes(fresh_pki.verifier().verify(signed)) == ["CERT_NOT_VALID_AT_SIGNING"]
 
 
@@ -172,7 +170,13 @@ def test_unsigned_package_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["edoc_update.edxml", "edoc_replacement.edxml", "edoc_revocation.edxml", "edoc_relayed_by_hub.edxml"]
+    "name",
+    [
+        "edoc_update.edxml",
+        "edoc_replacement.edxml",
+        "edoc_revocation.edxml",
+        "edoc_relayed_by_hub.edxml",
+    ],
 )
 def test_field_placeholder_signatures_are_refused_as_weak(pki: DevPKI, name: str) -> None:
     report = pki.verifier().verify(sample(name))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -662,7 +663,7 @@ def test_both_signature_forms_are_skipped() -> None:
     def xmldsig(root: etree._Element) -> None:
         header = _find(root, "e:edXMLEnvelope/e:edXMLHeader")
         header.remove(_find(header, "e:Signature"))
-        sig = etree.SubElement(header, f"{{{DSIG_NS}}}Signature", nsmap={None: DSIG_NS})
+        sig = etree.SubElement(header, f"{{{DSIG_NS}}}Signature", nsmap={None: DSIG_NS})  # type: ignore[dict-item]
         etree.SubElement(sig, f"{{{DSIG_NS}}}SignedInfo")
 
     assert parse_package(_edited("edoc_update.edxml", xmldsig)) == unprefixed
@@ -865,6 +866,8 @@ def test_relayed_sample_fields() -> None:
 
 # --- generated packages round-trip -----------------------------------------------------------
 
+_T = TypeVar("_T")
+
 _VIETNAMESE = (
     "aăâbcdđeêghiklmnoôơpqrstuưvxy"
     "àáảãạằắẳẵặầấẩẫậèéẻẽẹềếểễệìíỉĩịòóỏõọồốổỗộờớởỡợùúủũụừứửữựỳýỷỹỵ"
@@ -883,14 +886,14 @@ _times = st.datetimes(
 )
 
 
-def _nonempty(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+def _nonempty(strategy: st.SearchStrategy[_T]) -> st.SearchStrategy[_T]:
     """Containers whose parts are all empty do not exist on the wire (they read as None)."""
     return strategy.filter(
         lambda value: any(getattr(value, f.name) not in (None, ()) for f in fields(value))  # type: ignore[arg-type]
     )
 
 
-def _or_none(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+def _or_none(strategy: st.SearchStrategy[_T]) -> st.SearchStrategy[_T | None]:
     return st.none() | _nonempty(strategy)
 
 
