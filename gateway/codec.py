@@ -17,10 +17,16 @@ Reading rules (see also :mod:`gateway.envelope`):
 - an element the model holds once, appearing twice → :class:`DuplicateElement`;
 - an empty or whitespace-only element is the same as an absent one; a container whose parts are
   all empty (``<ResponseFor />``, or one with four empty children) is dropped;
-- a missing required element (``From``, ``From/OrganId``, ``StatusCode``, ``Timestamp``,
-  ``ContentId`` ...) → :class:`MissingElement`; a present one with a bad value (date, time,
-  enum, integer, boolean, a ``From``/``To`` agency code) → :class:`InvalidValue`. Every error's
-  ``detail`` carries the ``path`` (``/edXML/.../To[2]/OrganId``) and, when known, the ``line``;
+- a missing required element (``From``, ``To``, ``OrganId`` of From/To/TraceHeader/Receiver,
+  at least one ``TraceHeader`` in a document, ``StatusCode``, ``Timestamp``, ``ContentId``,
+  ``ContentTransferEncoded``, ``BussinessDocType`` of a Bussiness) → :class:`MissingElement`;
+- strict on codes and dates: a bad date or time, an unknown StatusCode / BussinessDocType /
+  Priority, or a ``From``/``To`` OrganId that is not an agency code → :class:`InvalidValue`
+  (the :class:`~gateway.errors.AgencyCodeError` is its ``__cause__``). Lenient on free text:
+  PromulgationAmount, PageAmount, Direction, ResponseFor and TraceHeader OrganIds stay raw;
+- every error's ``detail`` carries the ``path`` (``/edXML/.../To[2]/OrganId``) and, when
+  known, the ``line``; quoted values are clipped to 120 characters;
+- a status package carrying manifest references or attachments → :class:`ManifestMismatch`;
 - base64 is never decoded here: :meth:`Attachment.decode` does that.
 
 .. warning:: the model is for routing and display. Relay the received bytes, never a rebuilt

@@ -7,7 +7,9 @@ wire names (``OrganizationInCharge`` → ``organization_in_charge``); the misspe
 Conventions, which the codec keeps on both sides:
 
 - text values are whitespace-stripped, and an empty element is the same as an absent one
-  (``None``, or left out of a tuple); the one exception is :attr:`Attachment.encoded`, kept as-is;
+  (``None``, or left out of a tuple); the one exception is :attr:`Attachment.encoded`, kept as-is.
+  Text is never Unicode-normalised (one field sample writes a name in NFD). So only stripped,
+  non-empty strings, and containers with at least one part set, survive build → parse unchanged;
 - dates are :class:`datetime.date`; times are *aware* datetimes in UTC, converted from and to
   the wire's zone-less Vietnam time (UTC+7) by the codec, and whole seconds (edXML has no
   fractions: the constructors drop them);

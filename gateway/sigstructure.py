@@ -84,18 +84,63 @@ def _local(el: etree._Element) -> str:
     return etree.QName(el).localname
 
 
-def _check_wrapping(root: etree._Element) -> None:
+_COUNTED = frozenset(
+    f"{_E}{name}"
+    for name in (
+        "edXML",
+        "edXMLEnvelope",
+        "edXMLHeader",
+        "MessageHeader",
+        "TraceHeaderList",
+        "edXMLBody",
+    )
+)
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One pass over the tree: what the wrapping checks need."""
+
+    counts: Counter[str]
+    ids: Counter[str]
+    signatures: list[etree._Element]
+    envelopes: list[etree._Element]
+
+
+def _scan(root: etree._Element) -> _Scan:
+    counts: Counter[str] = Counter()
+    ids: Counter[str] = Counter()
+    signatures: list[etree._Element] = []
+    envelopes: list[etree._Element] = []
+    for el in root.iter():
+        tag = el.tag
+        if not isinstance(tag, str):
+            continue
+        if tag in _COUNTED:
+            counts[tag] += 1
+            if tag == f"{_E}edXMLEnvelope":
+                envelopes.append(el)
+        elif tag in _SIGNATURE_TAGS:
+            signatures.append(el)
+        if el.attrib:
+            for attr in _ID_ATTRIBUTES:
+                value = el.get(attr)
+                if value is not None:
+                    ids[value] += 1
+    return _Scan(counts=counts, ids=ids, signatures=signatures, envelopes=envelopes)
+
+
+def _check_wrapping(root: etree._Element, scan: _Scan) -> None:
     if root.tag != f"{_E}edXML":
-        inner = next(root.iter(f"{_E}edXML", f"{_E}edXMLEnvelope"), None)
-        if inner is not None:
+        if scan.counts[f"{_E}edXML"] or scan.envelopes:
             raise WrappedEnvelope(
                 f"the edXML package is wrapped inside a <{_local(root)}> element",
                 detail={"root": _local(root)},
             )
         return  # not an edXML package at all: the schema check says so
-    if next(root.iterdescendants(f"{_E}edXML"), None) is not None:
+    if scan.counts[f"{_E}edXML"] > 1:
         raise WrappedEnvelope("an edXML package is nested inside the edXML root")
-    envelopes = list(root.iter(f"{_E}edXMLEnvelope"))
+    envelopes = scan.envelopes
     if len(envelopes) > 1 or any(env.getparent() is not root for env in envelopes):
         raise WrappedEnvelope(
             "the edXMLEnvelope must appear once, directly under the edXML root",
@@ -103,9 +148,9 @@ def _check_wrapping(root: etree._Element) -> None:
         )
 
 
-def _check_headers(root: etree._Element) -> None:
+def _check_headers(scan: _Scan) -> None:
     for name in ("edXMLHeader", "MessageHeader", "TraceHeaderList", "edXMLBody"):
-        found = sum(1 for _ in root.iter(f"{_E}{name}"))
+        found = scan.counts[f"{_E}{name}"]
         if found > 1:
             raise ForgedHeader(
                 f"{name} appears {found} times; a second one beside the signed one is forged",
@@ -113,16 +158,8 @@ def _check_headers(root: etree._Element) -> None:
             )
 
 
-def _check_ids(root: etree._Element) -> None:
-    seen: Counter[str] = Counter()
-    for el in root.iter():
-        if not isinstance(el.tag, str):
-            continue
-        for attr in _ID_ATTRIBUTES:
-            value = el.get(attr)
-            if value is not None:
-                seen[value] += 1
-    dupes = sorted(v for v, n in seen.items() if n > 1)
+def _check_ids(scan: _Scan) -> None:
+    dupes = sorted(v for v, n in scan.ids.items() if n > 1)
     if dupes:
         raise DuplicateId(
             f"the Id {dupes[0]!r} is carried by more than one element", detail={"ids": dupes}
@@ -134,10 +171,11 @@ def inspect_signature(root: etree._Element) -> SignatureInfo | None:
 
     Raises the specific :class:`~gateway.errors.SignatureError` for each wrapping shape.
     """
-    _check_wrapping(root)
-    _check_headers(root)
-    _check_ids(root)
-    signatures = [el for el in root.iter(*_SIGNATURE_TAGS)]
+    scan = _scan(root)
+    _check_wrapping(root, scan)
+    _check_headers(scan)
+    _check_ids(scan)
+    signatures = scan.signatures
     if not signatures:
         return None
     if len(signatures) > 1:

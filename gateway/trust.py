@@ -36,6 +36,7 @@ legitimately differ, and kept where they protect us:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -201,11 +202,17 @@ class TrustStore:
     _crls_by_issuer: dict[x509.Name, tuple[x509.CertificateRevocationList, ...]] = field(
         init=False, repr=False, compare=False
     )
+    #: CRLs whose signature verified under an issuing certificate, by that certificate: the
+    #: CRLs never change inside a store, so each signature is checked once, not per package
+    _signed_crls: dict[x509.Certificate, list[x509.CertificateRevocationList]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.anchors:
             raise UsageError("a trust store needs at least one trust anchor")
         object.__setattr__(self, "_store", Store(list(self.anchors)))
+        object.__setattr__(self, "_signed_crls", {})
         index: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
         for crl in self.crls:
             index.setdefault(crl.issuer, []).append(crl)
@@ -338,7 +345,7 @@ class TrustStore:
         all_checked = True
         for position, cert in enumerate(chain[:-1]):
             issuer = chain[position + 1]
-            label = f"{rfc4514_name(cert.subject)} (serial {_hex(cert.serial_number)})"
+            label = _label(cert)
             crl = self._crl_for(cert, issuer)
             if crl is None:
                 all_checked = False
@@ -370,14 +377,18 @@ class TrustStore:
         candidates = self._crls_by_issuer.get(cert.issuer, ())
         if not candidates:
             return None
-        key = issuer.public_key()
-        signed: list[x509.CertificateRevocationList] = []
-        for crl in candidates:
-            try:
-                if crl.is_signature_valid(key):  # type: ignore[arg-type]
-                    signed.append(crl)
-            except (TypeError, ValueError, UnsupportedAlgorithm):
-                continue
+        signed = self._signed_crls.get(issuer)
+        if signed is None:
+            key = issuer.public_key()
+            signed = []
+            for crl in candidates:
+                try:
+                    if crl.is_signature_valid(key):  # type: ignore[arg-type]
+                        signed.append(crl)
+                except (TypeError, ValueError, UnsupportedAlgorithm):
+                    continue
+            if len(self._signed_crls) < 4096:
+                self._signed_crls[issuer] = signed
         if not signed:
             raise CRLInvalid(
                 f"no CRL of {rfc4514_name(cert.issuer)} carries a valid signature by its "
@@ -474,6 +485,11 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
 # --- helpers ---------------------------------------------------------------------------------
 
 _ATTR_NAMES: Final = {NameOID.SERIAL_NUMBER: "serialNumber"}
+
+
+@functools.lru_cache(maxsize=1024)
+def _label(cert: x509.Certificate) -> str:
+    return f"{rfc4514_name(cert.subject)} (serial {_hex(cert.serial_number)})"
 
 
 def rfc4514_name(name: x509.Name) -> str:

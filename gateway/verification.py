@@ -301,7 +301,7 @@ class Verifier:
             self._skip_rest(report, "xml", "the package could not be parsed safely")
             return report
         report.passed("xml", f"well-formed, {len(data)} bytes, no DTD")
-        self._verify_root(root, report, now)
+        self._verify_root(root, data, report, now)
         return report
 
     # -- pipeline --------------------------------------------------------------------------
@@ -322,7 +322,7 @@ class Verifier:
         return True
 
     def _verify_root(
-        self, root: etree._Element, report: VerificationReport, now: dt.datetime
+        self, root: etree._Element, data: bytes, report: VerificationReport, now: dt.datetime
     ) -> None:
         info_box: list[SignatureInfo] = []
 
@@ -381,7 +381,9 @@ class Verifier:
 
         if algorithm_ok:
             signature_ok = self._run(
-                report, "signature", lambda: self._check_signature(root, info, leaf, report)
+                report,
+                "signature",
+                lambda: self._check_signature(root, data, info, leaf, report),
             )
         else:
             report.skipped("signature", "algorithm refused")
@@ -422,11 +424,14 @@ class Verifier:
     def _check_signature(
         self,
         root: etree._Element,
+        data: bytes,
         info: SignatureInfo,
         leaf: x509.Certificate,
         report: VerificationReport,
     ) -> str:
-        target = _dsig_copy(root) if info.legacy_namespace else root
+        # signxml parses bytes once; handing it our tree would cost a serialise and a parse.
+        # The bytes are the ones already scanned, parsed and validated above.
+        target: bytes | etree._Element = _dsig_copy(root) if info.legacy_namespace else data
         # Certificate validity is judged by the chain/validity checks below, at the signing time
         # and now; signxml's own check is pinned inside the validity window so that a digest or
         # value failure is never masked by an expiry (and vice versa).
@@ -443,7 +448,9 @@ class Verifier:
             result = _XMLVerifier().verify(
                 target,
                 x509_cert=leaf,
-                validate_schema=False,  # the edXML XSD already validated ds:Signature
+                # the edXML XSD validated a ds:Signature strictly; a legacy (edXML-namespace)
+                # one was skipped there, so its XMLDSig-namespace copy is validated here
+                validate_schema=info.legacy_namespace,
                 parser=INTERNAL_PARSER,
                 expect_config=config,
             )
