@@ -124,10 +124,15 @@ class _Node:
         """edXML-namespace child elements by local name, indexed on first use."""
         if self._children is None:
             index: dict[str, list[etree._Element]] = {}
-            for child in self.el:
-                tag = child.tag
-                if isinstance(tag, str) and tag.startswith(_PREFIX):
-                    index.setdefault(tag[len(_PREFIX) :], []).append(child)
+            cut = len(_PREFIX)
+            # lxml filters "{ns}*" in C: no comments, PIs or foreign elements reach Python
+            for child in self.el.iterchildren(_PREFIX + "*"):
+                name = child.tag[cut:]
+                found = index.get(name)
+                if found is None:
+                    index[name] = [child]
+                else:
+                    found.append(child)
             self._children = index
         return self._children
 
@@ -185,6 +190,13 @@ class _Node:
         return not self.value
 
     def text(self, name: str) -> str | None:
+        found = self.children.get(name)
+        if not found:
+            return None
+        if len(found) == 1 and len(found[0]) == 0:
+            # Hot path: a lone leaf element. Same result as one(name).value, without a _Node.
+            text = found[0].text
+            return (text.strip() or None) if text else None
         node = self.one(name)
         return node.value if node is not None else None
 

@@ -107,26 +107,32 @@ class _Scan:
     envelopes: list[etree._Element]
 
 
+_INTERESTING = etree.XPath(
+    " | ".join(
+        [f"//e:{name}" for name in sorted(n.removeprefix(_E) for n in _COUNTED)]
+        + ["//e:Signature", "//ds:Signature"]
+    ),
+    namespaces={"e": EDXML_NS, "ds": DSIG_NS},
+)
+_IDS = etree.XPath("//@Id | //@ID | //@id | //@xml:id")
+
+
 def _scan(root: etree._Element) -> _Scan:
+    # libxml2's XPath walks the tree in C; a Python loop over every element costs more than
+    # the rest of the structural checks together.
     counts: Counter[str] = Counter()
-    ids: Counter[str] = Counter()
     signatures: list[etree._Element] = []
     envelopes: list[etree._Element] = []
-    for el in root.iter():
+    found: list[etree._Element] = _INTERESTING(root)  # type: ignore[assignment]
+    for el in found:
         tag = el.tag
-        if not isinstance(tag, str):
-            continue
-        if tag in _COUNTED:
-            counts[tag] += 1
-            if tag == f"{_E}edXMLEnvelope":
-                envelopes.append(el)
-        elif tag in _SIGNATURE_TAGS:
+        if tag in _SIGNATURE_TAGS:
             signatures.append(el)
-        if el.attrib:
-            for attr in _ID_ATTRIBUTES:
-                value = el.get(attr)
-                if value is not None:
-                    ids[value] += 1
+            continue
+        counts[tag] += 1
+        if tag == f"{_E}edXMLEnvelope":
+            envelopes.append(el)
+    ids: Counter[str] = Counter(str(v) for v in _IDS(root))  # type: ignore[union-attr]
     return _Scan(counts=counts, ids=ids, signatures=signatures, envelopes=envelopes)
 
 

@@ -179,6 +179,9 @@ class RevocationResult:
     warnings: list[str] = field(default_factory=list)
 
 
+_FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -207,12 +210,18 @@ class TrustStore:
     _signed_crls: dict[x509.Certificate, list[x509.CertificateRevocationList]] = field(
         init=False, repr=False, compare=False
     )
+    #: clean results by chain, with the time they stay true until (the earliest next update
+    #: of the CRLs used): the CRLs of a store never change, so neither does the answer
+    _clean: dict[tuple[x509.Certificate, ...], tuple[RevocationResult, dt.datetime]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.anchors:
             raise UsageError("a trust store needs at least one trust anchor")
         object.__setattr__(self, "_store", Store(list(self.anchors)))
         object.__setattr__(self, "_signed_crls", {})
+        object.__setattr__(self, "_clean", {})
         index: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
         for crl in self.crls:
             index.setdefault(crl.issuer, []).append(crl)
@@ -340,9 +349,14 @@ class TrustStore:
             return RevocationResult(
                 checked=False, details=["revocation not checked: no CRLs configured"]
             )
+        key = tuple(chain)
+        cached = self._clean.get(key)
+        if cached is not None and when < cached[1]:
+            return cached[0]
         details: list[str] = []
         warnings: list[str] = []
         all_checked = True
+        clean_until = _FAR_FUTURE
         for position, cert in enumerate(chain[:-1]):
             issuer = chain[position + 1]
             label = _label(cert)
@@ -354,6 +368,8 @@ class TrustStore:
             number = _crl_number(crl)
             where = f"CRL #{number if number is not None else '?'} of {rfc4514_name(crl.issuer)}"
             next_update = crl.next_update_utc
+            if next_update is not None:
+                clean_until = min(clean_until, next_update)
             if next_update is not None and next_update < when:
                 warnings.append(
                     f"{where} was due to be replaced at {next_update.isoformat()}, before "
@@ -368,8 +384,12 @@ class TrustStore:
                         detail=_revocation_detail(cert, entry, crl, number),
                     )
                 warnings.append(f"{label}: {late} ({where})")
+                clean_until = when  # depends on the time asked about: never reused
             details.append(f"{label}: checked against {where}")
-        return RevocationResult(checked=all_checked, details=details, warnings=warnings)
+        result = RevocationResult(checked=all_checked, details=details, warnings=warnings)
+        if not warnings and len(self._clean) < 4096:
+            self._clean[key] = (result, clean_until)
+        return result
 
     def _crl_for(
         self, cert: x509.Certificate, issuer: x509.Certificate
@@ -411,6 +431,7 @@ class TrustStore:
 # --- identity bound in a certificate ---------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # certificates are immutable and hashable
 def agency_code_of(cert: x509.Certificate) -> AgencyCode | None:
     """The agency code a certificate binds, or None when it binds none.
 

@@ -7,8 +7,8 @@ Checks, in order (each one named in the report so an auditor sees why):
                         edXMLHeader, one Reference URI="" with enveloped/C14N transforms only
 ``schema``              the edXML (or status) XSD
 ``algorithm``           RSA/ECDSA with SHA-2; SHA-1 refused unless admitted for legacy archives
-``signature``           SignatureValue and digests (signxml, signature location pinned)
-``envelope``            the *signed* content (only what signxml returns) is a consistent package
+``signature``           SignatureValue and digest (:mod:`gateway.dsig`, on the pinned shape)
+``envelope``            the *signed* content (only what dsig returns) is a consistent package
 ``chain``               the signer's certificate chains to a trust anchor
 ``validity_at_signing`` every certificate in the chain was valid at the claimed signing time
 ``validity_now``        ... and is valid at verification time
@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,22 +41,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
-from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
-from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from gateway import schema
 from gateway.codec import parse_package
-from gateway.envelope import DSIG_NS, EDXML_NS, DocumentPackage, PackageKind, StatusPackage
+from gateway.dsig import verify_enveloped
+from gateway.envelope import EDXML_NS, DocumentPackage, PackageKind, StatusPackage
 from gateway.errors import (
     CertificateExpired,
     CertificateMalformed,
     CertificateNotValidAtSigning,
     CertificateUntrusted,
-    DigestMismatch,
     GatewayError,
-    SignatureMalformed,
     SignatureMissing,
-    SignatureValueMismatch,
     SignerMismatch,
     SignerUnbound,
 )
@@ -66,7 +63,7 @@ from gateway.sigstructure import (
     inspect_signature,
 )
 from gateway.trust import TrustStore, agency_code_of, describe
-from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
+from gateway.xmlsafe import DEFAULT_LIMITS, XMLLimits, parse_bytes
 
 __all__ = ["CHECK_NAMES", "Check", "VerificationReport", "Verifier", "VerifyPolicy"]
 
@@ -85,9 +82,6 @@ CHECK_NAMES = (
 )
 
 _E = f"{{{EDXML_NS}}}"
-_LOCATION = f"./{_E}edXMLEnvelope/{_E}edXMLHeader/"
-_ALL_METHODS = frozenset(SignatureMethod)
-_ALL_DIGESTS = frozenset(DigestAlgorithm)
 _CHAIN_CACHE_SIZE = 256
 
 Package = DocumentPackage | StatusPackage
@@ -132,7 +126,8 @@ class VerificationReport:
     chain: list[x509.Certificate] = field(default_factory=list)
     #: the package built from the signed content only (None unless the signature verified)
     package: Package | None = None
-    #: the signed content as signxml returned it (None unless the signature verified)
+    #: the signed content, canonical and re-parsed by :mod:`gateway.dsig` (None unless the
+    #: signature verified)
     signed_xml: etree._Element | None = None
 
     @property
@@ -213,15 +208,19 @@ def _signing_time(package: Package) -> tuple[dt.datetime | None, str | None]:
 
 def _embedded_certificates(info: SignatureInfo) -> list[x509.Certificate]:
     ns = etree.QName(info.element).namespace
-    texts = [
-        (el.text or "")
+    texts = tuple(
+        "".join((el.text or "").split())
         for el in info.element.iterfind(f"{{{ns}}}KeyInfo/{{{ns}}}X509Data/{{{ns}}}X509Certificate")
-    ]
+    )
     if not texts:
         raise CertificateMalformed("the signature carries no X509Certificate in KeyInfo")
+    return list(_load_certificates(texts))
+
+
+@functools.lru_cache(maxsize=512)  # the same few signers send most packages
+def _load_certificates(texts: tuple[str, ...]) -> tuple[x509.Certificate, ...]:
     certs = []
-    for index, text in enumerate(texts):
-        body = "".join(text.split())
+    for index, body in enumerate(texts):
         pem = "-----BEGIN CERTIFICATE-----\n" + body + "\n-----END CERTIFICATE-----\n"
         try:
             certs.append(x509.load_pem_x509_certificate(pem.encode("ascii")))
@@ -230,7 +229,17 @@ def _embedded_certificates(info: SignatureInfo) -> list[x509.Certificate]:
                 f"X509Certificate #{index + 1} in KeyInfo cannot be decoded: {exc}",
                 detail={"index": index},
             ) from None
-    return certs
+    return tuple(certs)
+
+
+@functools.lru_cache(maxsize=512)
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+@functools.lru_cache(maxsize=512)
+def _leaf_of(certs: tuple[x509.Certificate, ...]) -> x509.Certificate:
+    return _pick_leaf(list(certs))
 
 
 def _pick_leaf(certs: list[x509.Certificate]) -> x509.Certificate:
@@ -238,42 +247,6 @@ def _pick_leaf(certs: list[x509.Certificate]) -> x509.Certificate:
     issuers = {c.issuer for c in certs}
     leaves = [c for c in certs if c.subject not in issuers or len(certs) == 1]
     return leaves[0] if leaves else certs[0]
-
-
-def _dsig_copy(root: etree._Element) -> etree._Element:
-    """A copy of the package whose edXML-namespace (legacy) Signature is moved to XMLDSig."""
-    copy = etree.fromstring(etree.tostring(root), INTERNAL_PARSER)
-    sig = copy.find(f"{_E}edXMLEnvelope/{_E}edXMLHeader/{_E}Signature")
-    if sig is not None:
-        for el in sig.iter():
-            if isinstance(el.tag, str) and etree.QName(el).namespace == EDXML_NS:
-                el.tag = f"{{{DSIG_NS}}}{etree.QName(el).localname}"
-        etree.cleanup_namespaces(copy)
-    return copy
-
-
-class _XMLVerifier(XMLVerifier):  # type: ignore[misc]
-    """signxml's verifier with a workaround for a libxml2 inclusive-C14N bug.
-
-    libxml2 2.14 (lxml 6) emits a bogus ``xmlns=""`` on grandchildren when an element deeper
-    than the root is canonicalised inclusively under a default-namespace override (exactly the
-    field's ``<Signature xmlns="...xmldsig#">`` with ``REC-xml-c14n-20010315`` SignedInfo),
-    so xmlsec1's and Santuario's signatures would never verify. Serialising the node (which
-    carries every in-scope namespace) and canonicalising it as a document root gives the
-    correct bytes. Exclusive C14N and whole-document references are unaffected.
-    """
-
-    def _c14n(self, nodes: Any, algorithm: Any, inclusive_ns_prefixes: Any = None) -> bytes:
-        if not str(algorithm.value).startswith("http://www.w3.org/2001/10/xml-exc-c14n#"):
-            items = nodes if isinstance(nodes, list) else [nodes]
-            nodes = [
-                node
-                if node.getparent() is None
-                else etree.fromstring(etree.tostring(node), INTERNAL_PARSER)
-                for node in items
-            ]
-        out: bytes = super()._c14n(nodes, algorithm, inclusive_ns_prefixes=inclusive_ns_prefixes)
-        return out
 
 
 def _within(cert: x509.Certificate, at: dt.datetime) -> bool:
@@ -301,7 +274,7 @@ class Verifier:
             self._skip_rest(report, "xml", "the package could not be parsed safely")
             return report
         report.passed("xml", f"well-formed, {len(data)} bytes, no DTD")
-        self._verify_root(root, data, report, now)
+        self._verify_root(root, report, now)
         return report
 
     # -- pipeline --------------------------------------------------------------------------
@@ -322,7 +295,7 @@ class Verifier:
         return True
 
     def _verify_root(
-        self, root: etree._Element, data: bytes, report: VerificationReport, now: dt.datetime
+        self, root: etree._Element, report: VerificationReport, now: dt.datetime
     ) -> None:
         info_box: list[SignatureInfo] = []
 
@@ -375,7 +348,7 @@ class Verifier:
             ):
                 report.skipped(name, "no usable certificate in KeyInfo")
             return
-        leaf = _pick_leaf(certs)
+        leaf = _leaf_of(tuple(certs))
         report.signer = leaf
         others = [c for c in certs if c is not leaf]
 
@@ -383,7 +356,7 @@ class Verifier:
             signature_ok = self._run(
                 report,
                 "signature",
-                lambda: self._check_signature(root, data, info, leaf, report),
+                lambda: self._check_signature(root, info, leaf, report),
             )
         else:
             report.skipped("signature", "algorithm refused")
@@ -424,49 +397,11 @@ class Verifier:
     def _check_signature(
         self,
         root: etree._Element,
-        data: bytes,
         info: SignatureInfo,
         leaf: x509.Certificate,
         report: VerificationReport,
     ) -> str:
-        # signxml parses bytes once; handing it our tree would cost a serialise and a parse.
-        # The bytes are the ones already scanned, parsed and validated above.
-        target: bytes | etree._Element = _dsig_copy(root) if info.legacy_namespace else data
-        # Certificate validity is judged by the chain/validity checks below, at the signing time
-        # and now; signxml's own check is pinned inside the validity window so that a digest or
-        # value failure is never masked by an expiry (and vice versa).
-        now = dt.datetime.now(dt.UTC)
-        pinned = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
-        config = SignatureConfiguration(
-            location=_LOCATION,
-            expect_references=1,
-            signature_methods=_ALL_METHODS,
-            digest_algorithms=_ALL_DIGESTS,
-            verification_time=pinned,
-        )
-        try:
-            result = _XMLVerifier().verify(
-                target,
-                x509_cert=leaf,
-                # the edXML XSD validated a ds:Signature strictly; a legacy (edXML-namespace)
-                # one was skipped there, so its XMLDSig-namespace copy is validated here
-                validate_schema=info.legacy_namespace,
-                parser=INTERNAL_PARSER,
-                expect_config=config,
-            )
-        except InvalidDigest as exc:
-            raise DigestMismatch(f"the signed content was changed after signing: {exc}") from None
-        except InvalidSignature as exc:
-            raise SignatureValueMismatch(
-                f"the SignatureValue does not verify with the embedded certificate's key: {exc}"
-            ) from None
-        except (InvalidInput, InvalidCertificate) as exc:
-            raise SignatureMalformed(f"the signature cannot be verified: {exc}") from None
-        assert isinstance(result, VerifyResult)  # expect_references=1 gives one result
-        signed = result.signed_xml
-        if signed is None or signed.tag != f"{_E}edXML":
-            raise SignatureMalformed("the signature does not cover the edXML root")
-        report.signed_xml = signed
+        report.signed_xml = verify_enveloped(root, info, leaf)
         legacy = " (legacy namespace)" if info.legacy_namespace else ""
         return f"SignatureValue and digest verified{legacy}"
 
@@ -510,7 +445,7 @@ class Verifier:
             if len(self._chains) > _CHAIN_CACHE_SIZE:
                 self._chains.popitem(last=False)
         report.chain = list(chain)
-        anchor = chain[-1].subject.rfc4514_string()
+        anchor = _subject(chain[-1])
         return f"chain of {len(chain)} to trust anchor {anchor}"
 
     def _check_validity(
