@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,16 +211,24 @@ def parse_bytes(data: bytes, limits: XMLLimits = DEFAULT_LIMITS) -> etree._Eleme
     return root
 
 
+_COUNT_ELEMENTS = etree.XPath("count(//*)")
+
+
+@functools.lru_cache(maxsize=8)
+def _deeper_than(depth: int) -> etree.XPath:
+    # An element at depth + 1 exists iff the path of that many "*" steps matches something.
+    return etree.XPath("boolean(" + "/*" * (depth + 1) + ")")
+
+
 def _check_shape(root: etree._Element, limits: XMLLimits) -> None:
-    # Both questions are answered by libxml2's XPath engine in C: an element at depth
-    # max_depth + 1 exists iff the path of that many "*" steps matches something.
-    count = int(root.xpath("count(//*)"))  # type: ignore[arg-type]  # count() is a float
+    # Both questions are answered by libxml2's XPath engine in C, not by a Python walk.
+    count = int(_COUNT_ELEMENTS(root))  # type: ignore[arg-type]  # count() is a float
     if count > limits.max_elements:
         raise XMLTooManyElements(
             f"{count} elements; at most {limits.max_elements} accepted",
             detail={"count": count, "limit": limits.max_elements},
         )
-    if root.xpath("boolean(" + "/*" * (limits.max_depth + 1) + ")"):
+    if _deeper_than(limits.max_depth)(root):
         raise XMLTooDeep(
             f"elements nest deeper than {limits.max_depth}", detail={"limit": limits.max_depth}
         )
