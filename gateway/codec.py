@@ -152,7 +152,7 @@ class _Node:
 
     def one_raw(self, name: str) -> _Node | None:
         """The child ``name``, blank or not; None if absent; DuplicateElement if repeated."""
-        found = self.children.get(name)
+        found = (self._children if self._children is not None else self.children).get(name)
         if not found:
             return None
         path = f"{self.path}/{name}"
@@ -258,8 +258,15 @@ def _agency_code(node: _Node) -> str:
     return node.value
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _all_empty(obj: Any) -> bool:
-    return all(getattr(obj, f.name) in (None, ()) for f in fields(obj))
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(obj))
+    return all(getattr(obj, name) in (None, ()) for name in names)
 
 
 # --- MessageHeader ---------------------------------------------------------------------------

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 
@@ -81,6 +81,7 @@ CHECK_NAMES = (
     "signer_agency",
 )
 
+_CHECK_INDEX = {name: index for index, name in enumerate(CHECK_NAMES)}
 _E = f"{{{EDXML_NS}}}"
 _CHAIN_CACHE_SIZE = 256
 
@@ -106,9 +107,16 @@ class Check:
     name: str
     ok: bool | None = None
     detail: str = "not run"
+    #: wall time the check took, in seconds (0.0 when it did not run)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "ms": round(self.seconds * 1000.0, 3),
+        }
 
 
 @dataclass(slots=True)
@@ -136,7 +144,7 @@ class VerificationReport:
         return not self.errors and all(c.ok is True for c in self.checks)
 
     def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
+        return self.checks[_CHECK_INDEX[name]]
 
     def passed(self, name: str, detail: str) -> None:
         c = self.check(name)
@@ -259,7 +267,9 @@ class Verifier:
     def __init__(self, trust: TrustStore | None, policy: VerifyPolicy | None = None):
         self.trust = trust
         self.policy = policy or VerifyPolicy()
-        self._chains: OrderedDict[bytes, list[x509.Certificate]] = OrderedDict()
+        self._chains: OrderedDict[tuple[x509.Certificate, ...], list[x509.Certificate]] = (
+            OrderedDict()
+        )
 
     # -- public ----------------------------------------------------------------------------
 
@@ -267,13 +277,16 @@ class Verifier:
         """Run every check on package bytes and return the report (never raises GatewayError)."""
         report = VerificationReport()
         now = now or dt.datetime.now(dt.UTC)
-        try:
-            root = parse_bytes(data, self.policy.limits)
-        except GatewayError as exc:
-            report.failed("xml", exc)
+        box: list[etree._Element] = []
+
+        def xml() -> str:
+            box.append(parse_bytes(data, self.policy.limits))
+            return f"well-formed, {len(data)} bytes, no DTD"
+
+        if not self._run(report, "xml", xml):
             self._skip_rest(report, "xml", "the package could not be parsed safely")
             return report
-        report.passed("xml", f"well-formed, {len(data)} bytes, no DTD")
+        root = box[0]
         self._verify_root(root, report, now)
         return report
 
@@ -286,13 +299,17 @@ class Verifier:
                 report.skipped(name, why)
 
     def _run(self, report: VerificationReport, name: str, step: Callable[[], str]) -> bool:
+        started = time.perf_counter()
         try:
             detail = step()
         except GatewayError as exc:
             report.failed(name, exc)
             return False
-        report.passed(name, detail)
-        return True
+        else:
+            report.passed(name, detail)
+            return True
+        finally:
+            report.check(name).seconds = time.perf_counter() - started
 
     def _verify_root(
         self, root: etree._Element, report: VerificationReport, now: dt.datetime
@@ -427,7 +444,7 @@ class Verifier:
     ) -> str:
         if self.trust is None:
             raise CertificateUntrusted("no trust anchors were supplied (--trust CA.pem)")
-        key = b"".join(c.public_bytes(serialization.Encoding.DER) for c in [leaf, *others])
+        key = (leaf, *others)  # certificates hash and compare by their DER
         cached = self._chains.get(key)
         if cached is not None and all(_within(c, at) for c in cached):
             self._chains.move_to_end(key)
