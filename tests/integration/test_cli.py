@@ -162,3 +162,22 @@ def test_sign_refuses_mismatched_key_and_cert(pki: DevPKI, tmp_path: Path) -> No
 
 def test_sign_never_prints_key_material(signed_file: Path, pki: DevPKI) -> None:
     assert b"PRIVATE KEY" not in signed_file.read_bytes()
+
+
+def test_demo_runs_end_to_end_and_leaves_nothing(tmp_path: Path) -> None:
+    """The README's first command: sign, verify, tamper, revoke, each step as expected."""
+    done = run("demo", "--keep", tmp_path / "demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo behaved as expected" in done.stdout
+    assert "tampered: SIGNATURE_DIGEST_MISMATCH" in done.stdout
+    assert "revoked: CERT_REVOKED" in done.stdout
+    assert (tmp_path / "demo" / "signed.edxml").exists()
+    assert b"PRIVATE KEY" not in done.stdout.encode()
+
+
+def test_bench_prints_its_figures() -> None:
+    done = run("bench", "envelopes", "--seconds", "0.05")
+    assert done.returncode == 0, done.stderr
+    for row in ("5 KB sign", "5 KB verify", "1 MB sign", "1 MB verify"):
+        assert row in " ".join(done.stdout.split()), row
+    assert "parse + structure + XSD + signature + chain + CRL" in done.stdout
