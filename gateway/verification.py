@@ -444,6 +444,16 @@ class Verifier:
     ) -> str:
         if self.trust is None:
             raise CertificateUntrusted("no trust anchors were supplied (--trust CA.pem)")
+        if leaf in self.trust.anchors:
+            # The operator trusts this very certificate (a pinned, often self-signed, signer
+            # certificate, as xmlsec1 --trusted-pem does). It binds at most one agency code,
+            # which the signer_agency check still compares with From.
+            report.chain = [leaf]
+            if not _within(leaf, at):
+                raise CertificateNotValidAtSigning(
+                    f"the pinned signer certificate is not valid at {at.isoformat()}"
+                )
+            return "the signer's certificate is itself a trust anchor (pinned)"
         key = (leaf, *others)  # certificates hash and compare by their DER
         cached = self._chains.get(key)
         if cached is not None and all(_within(c, at) for c in cached):
@@ -481,6 +491,8 @@ class Verifier:
 
     def _check_revocation(self, chain: list[x509.Certificate], now: dt.datetime) -> str:
         assert self.trust is not None
+        if len(chain) == 1:
+            return "nothing to check: the signer's certificate is itself a trust anchor"
         result = self.trust.check_revocation(chain, at=now)
         if not result.checked:
             if self.policy.require_revocation_check:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import G22, H41, DevPKI, sample
@@ -227,3 +229,38 @@ def test_chain_cache_does_not_hide_expiry(fresh_pki: DevPKI) -> None:
     late = sign_package(sample("edoc_update.edxml"), key, now=start + dt.timedelta(days=20))
     assert codes(verifier.verify(good)) == ["CERT_EXPIRED"]
     assert codes(verifier.verify(late))[0] == "CERT_NOT_VALID_AT_SIGNING"
+
+
+def test_pinned_self_signed_signer_from_openssl(tmp_path: Path) -> None:
+    """Another PKI at its simplest: an openssl self-signed certificate, trusted directly."""
+    key, cert = tmp_path / "ss.key", tmp_path / "ss.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "30",
+            "-subj",
+            f"/CN=Agency/serialNumber={G22}",
+            "-addext",
+            f"subjectAltName=URI:urn:qcvn102:{G22}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    signed = sign_package(sample("edoc_update.edxml"), SigningKey.load(key, cert))
+    report = Verifier(TrustStore.from_pem_files([cert])).verify(signed)
+    assert report.valid, report.render_text()
+    assert "pinned" in report.check("chain").detail
+    # pinned is not "anything goes": the agency binding still has to match From
+    other = sign_package(sample("status_finish_06.edxml"), SigningKey.load(key, cert))
+    mismatch = Verifier(TrustStore.from_pem_files([cert])).verify(other)
+    assert [e.code for e in mismatch.errors] == ["SIGNER_AGENCY_MISMATCH"]
