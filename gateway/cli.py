@@ -12,18 +12,36 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError, UsageError, XMLTooLarge
 from gateway.settings import Settings, load_settings
+from gateway.xmlsafe import XMLLimits, read_limited
 
 __all__ = ["main"]
 
 EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _file_option(
+    *decls: str, help: str, multiple: bool = False, required: bool = False
+) -> Callable[[_F], _F]:
+    """A ``--option FILE`` taking a path to a file (not a folder)."""
+    return click.option(
+        *decls,
+        multiple=multiple,
+        required=required,
+        type=click.Path(path_type=Path, dir_okay=False),
+        help=help,
+    )
 
 
 def _fail_usage(error: GatewayError) -> NoReturn:
@@ -46,40 +64,18 @@ def main() -> None:
 
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="PEM private key (RSA 2048/3072 or ECDSA P-256).",
+@_file_option(
+    "--key", "key_path", help="PEM private key (RSA 2048/3072 or ECDSA P-256).", required=True
 )
-@click.option(
-    "--cert",
-    "cert_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="PEM certificate, leaf first, chain after it.",
+@_file_option(
+    "--cert", "cert_path", help="PEM certificate, leaf first, chain after it.", required=True
 )
-@click.option(
-    "--chain",
-    "chain_paths",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Extra PEM intermediates to embed.",
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the signed package.",
-)
+@_file_option("--chain", "chain_paths", help="Extra PEM intermediates to embed.", multiple=True)
+@_file_option("-o", "--output", help="Where to write the signed package.", required=True)
 @click.option(
     "--no-stamp", is_flag=True, help="Do not record the signing time in the sender's TraceHeader."
 )
-@click.option(
-    "--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file (limits)."
-)
+@_file_option("--config", help="Settings file (limits).")
 def sign(
     infile: Path,
     key_path: Path,
@@ -91,7 +87,6 @@ def sign(
 ) -> None:
     """Sign INFILE as its sender: enveloped XMLDSig over the whole package."""
     from gateway.signing import SigningKey, sign_package
-    from gateway.xmlsafe import read_limited
 
     settings = _settings(config)
     limits = settings.limits.xml_limits()
@@ -113,35 +108,18 @@ def sign(
 
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--trust",
-    "anchors",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Trust anchor(s), PEM. Repeatable.",
-)
-@click.option(
-    "--crl",
-    "crls",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="CRL file(s), PEM. Repeatable.",
-)
-@click.option(
+@_file_option("--trust", "anchors", help="Trust anchor(s), PEM. Repeatable.", multiple=True)
+@_file_option("--crl", "crls", help="CRL file(s), PEM. Repeatable.", multiple=True)
+@_file_option(
     "--intermediate",
     "intermediates",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
     help="Extra intermediate CA certificates, PEM.",
+    multiple=True,
 )
 @click.option("--allow-weak", is_flag=True, help="Admit SHA-1 signatures (legacy archives only).")
 @click.option("--require-crl", is_flag=True, help="Fail when a certificate's issuer has no CRL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Settings file ([trust], [verify], [limits]).",
-)
+@_file_option("--config", help="Settings file ([trust], [verify], [limits]).")
 def verify(
     infile: Path,
     anchors: tuple[Path, ...],
@@ -155,7 +133,6 @@ def verify(
     """Verify INFILE's signature, chain, revocation and signer agency (exit 0/1/2)."""
     from gateway.trust import TrustStore
     from gateway.verification import Verifier, VerifyPolicy
-    from gateway.xmlsafe import read_limited
 
     settings = _settings(config)
     limits = settings.limits.xml_limits()
@@ -178,19 +155,23 @@ def verify(
         limits=limits,
     )
     verifier = Verifier(trust, policy)
-    try:
-        data = read_limited(infile, limits)
-    except XMLTooLarge as exc:
-        _report_refused_early(infile, exc, as_json)
-    except UsageError as exc:
-        _fail_usage(exc)
-    report = verifier.verify(data)
+    report = verifier.verify(_read_input(infile, limits, as_json))
     if as_json:
         body = {"file": str(infile), **report.to_dict()}
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))
     else:
         click.echo(report.render_text(str(infile)))
     sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+
+
+def _read_input(infile: Path, limits: XMLLimits, as_json: bool) -> bytes:
+    """Package bytes; oversize file is an invalid package (1), unreadable one usage (2)."""
+    try:
+        return read_limited(infile, limits)
+    except XMLTooLarge as exc:
+        _report_refused_early(infile, exc, as_json)
+    except UsageError as exc:
+        _fail_usage(exc)
 
 
 def _report_refused_early(infile: Path, exc: GatewayError, as_json: bool) -> NoReturn:
@@ -210,21 +191,14 @@ def _report_refused_early(infile: Path, exc: GatewayError, as_json: bool) -> NoR
 @main.command()
 @click.argument("infile", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-@click.option(
-    "--config", type=click.Path(path_type=Path, dir_okay=False), help="Settings file ([limits])."
-)
+@_file_option("--config", help="Settings file ([limits]).")
 def validate(infile: Path, as_json: bool, config: Path | None) -> None:
     """Check INFILE against the edXML schema only (exit 0/1/2); signatures are not checked."""
     from gateway import schema
-    from gateway.xmlsafe import parse_bytes, read_limited
+    from gateway.xmlsafe import parse_bytes
 
     limits = _settings(config).limits.xml_limits()
-    try:
-        data = read_limited(infile, limits)
-    except XMLTooLarge as exc:
-        _report_refused_early(infile, exc, as_json)
-    except UsageError as exc:
-        _fail_usage(exc)
+    data = _read_input(infile, limits, as_json)
     try:
         root = parse_bytes(data, limits)
         kind = schema.validate(root)

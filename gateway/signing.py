@@ -31,6 +31,7 @@ from signxml.signer import XMLSigner
 
 from gateway.envelope import DSIG_NS, EDXML_NS
 from gateway.errors import SignatureMalformed, UsageError
+from gateway.trust import load_certificates
 from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
 
 __all__ = ["VIETNAM_TZ", "SigningKey", "sign_package", "sign_root"]
@@ -72,9 +73,9 @@ class SigningKey:
             raise UsageError(f"cannot read key file {key_path}: {exc.strerror}") from None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{key_path} is not a usable PEM private key: {exc}") from None
-        certs = _load_certs(cert_path)
+        certs = load_certificates(cert_path)
         for extra in chain_paths:
-            certs.extend(_load_certs(extra))
+            certs.extend(load_certificates(extra))
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise UsageError(f"{key_path}: only RSA and ECDSA P-256 keys can sign edXML")
         if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
@@ -97,18 +98,6 @@ class SigningKey:
         if isinstance(self.private_key, rsa.RSAPrivateKey):
             return SignatureMethod.RSA_SHA256
         return SignatureMethod.ECDSA_SHA256
-
-
-def _load_certs(path: Path) -> list[x509.Certificate]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read certificate file {path}: {exc.strerror}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise UsageError(f"{path} holds no readable PEM certificate: {exc}") from None
-    return list(certs)
 
 
 def _header(root: etree._Element) -> etree._Element:

@@ -77,6 +77,7 @@ __all__ = [
     "TrustStore",
     "agency_code_of",
     "describe",
+    "load_certificates",
     "node_name_of",
     "rfc4514_name",
 ]
@@ -256,10 +257,8 @@ class TrustStore:
         malformed CRL file raises :class:`CRLInvalid` naming it.
         """
         return cls(
-            anchors=tuple(c for path in anchors for c in _load_certificates(Path(path))),
-            intermediates=tuple(
-                c for path in intermediates for c in _load_certificates(Path(path))
-            ),
+            anchors=tuple(c for path in anchors for c in load_certificates(Path(path))),
+            intermediates=tuple(c for path in intermediates for c in load_certificates(Path(path))),
             crls=tuple(crl for path in crls for crl in _load_crls(Path(path))),
         )
 
@@ -636,7 +635,8 @@ def _read(path: Path) -> bytes:
         ) from None
 
 
-def _load_certificates(path: Path) -> list[x509.Certificate]:
+def load_certificates(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file (or the one in a DER file); UsageError naming the file."""
     data = _read(path)
     try:
         if b"-----BEGIN" in data:

@@ -9,7 +9,6 @@ exactly what signxml accepts.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from conftest import G22, H41, DevPKI, sample
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.verifier import SignatureConfiguration, XMLVerifier
-from test_interop_xmlsec1 import ECDSA, EXC, INCL, RSA, _template, _xmlsec1, _xmlsec_sign
+from test_interop_xmlsec1 import ECDSA, EXC, INCL, RSA, _template, _xmlsec_sign, _xmlsec_verify
 
 from gateway.dsig import verify_enveloped
 from gateway.errors import SignatureError
@@ -109,22 +108,7 @@ def _ours(data: bytes, pki: DevPKI, agency: str) -> bool:
 
 
 def _xmlsec(tmp: Path, data: bytes, pki: DevPKI) -> bool:
-    path = tmp / "candidate.edxml"
-    path.write_bytes(data)
-    done = subprocess.run(
-        [
-            _xmlsec1(),
-            "--verify",
-            "--trusted-pem",
-            str(pki.ca.root_cert),
-            "--untrusted-pem",
-            str(pki.ca.intermediate_cert),
-            str(path),
-        ],
-        capture_output=True,
-        check=False,
-    )
-    return done.returncode == 0
+    return _xmlsec_verify(tmp, data, pki).returncode == 0
 
 
 def _signxml(data: bytes, pki: DevPKI, agency: str) -> bool:
