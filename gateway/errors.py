@@ -39,15 +39,36 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── UnsupportedAlgorithm        SIGNATURE_UNSUPPORTED_ALGORITHM
     │   ├── SignatureValueMismatch      SIGNATURE_VALUE_MISMATCH
     │   └── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
-    └── TrustError                      (who signed, and may we believe them)
+    ├── TrustError                      (who signed, and may we believe them)
         ├── CertificateMalformed        CERT_MALFORMED
         ├── CertificateUntrusted        CERT_UNTRUSTED
         ├── CertificateNotValidAtSigning CERT_NOT_VALID_AT_SIGNING
         ├── CertificateExpired          CERT_EXPIRED
         ├── CertificateRevoked          CERT_REVOKED
         ├── CRLInvalid                  CRL_INVALID
-        ├── SignerUnbound               SIGNER_AGENCY_UNBOUND
-        └── SignerMismatch              SIGNER_AGENCY_MISMATCH
+    │   ├── SignerUnbound               SIGNER_AGENCY_UNBOUND
+    │   └── SignerMismatch              SIGNER_AGENCY_MISMATCH
+    ├── AuthError                       (who is calling the API)
+    │   ├── AuthRequired                AUTH_REQUIRED
+    │   ├── ClientCertUntrusted         AUTH_CERT_UNTRUSTED
+    │   ├── UnknownAgency               AUTH_UNKNOWN_AGENCY
+    │   ├── SenderMismatch              AUTH_SENDER_MISMATCH
+    │   └── Forbidden                   AUTH_FORBIDDEN
+    ├── RequestError                    (well-formed but unacceptable requests)
+    │   ├── TooManyRecipients           REQUEST_TOO_MANY_RECIPIENTS
+    │   ├── RecipientUnreachable        REQUEST_RECIPIENT_UNREACHABLE
+    │   ├── BodyTooLarge                REQUEST_BODY_TOO_LARGE
+    │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
+    ├── DocumentNotFound                DOCUMENT_NOT_FOUND
+    ├── DocumentConflict                DOCUMENT_CONFLICT
+    ├── StatusError                     (business statuses)
+    │   ├── StatusTargetUnknown         STATUS_TARGET_UNKNOWN
+    │   ├── StatusNotAllowed            STATUS_NOT_ALLOWED
+    │   └── StatusTransitionInvalid     STATUS_TRANSITION_INVALID
+    └── StorageError                    (the node's database)
+        ├── DatabaseNotMigrated         DATABASE_NOT_MIGRATED
+        ├── DatabaseUnavailable         DATABASE_UNAVAILABLE
+        └── AuditChainBroken            AUDIT_CHAIN_BROKEN
 
 Usage::
 
@@ -61,21 +82,31 @@ from typing import Any, ClassVar
 __all__ = [
     "AgencyCodeError",
     "AttachmentEncodingError",
+    "AuditChainBroken",
+    "AuthError",
+    "AuthRequired",
+    "BodyTooLarge",
     "CRLInvalid",
     "CertificateExpired",
     "CertificateMalformed",
     "CertificateNotValidAtSigning",
     "CertificateRevoked",
     "CertificateUntrusted",
+    "ClientCertUntrusted",
     "ConfigError",
+    "DatabaseNotMigrated",
+    "DatabaseUnavailable",
     "DigestMismatch",
     "DoctypeForbidden",
+    "DocumentConflict",
+    "DocumentNotFound",
     "DuplicateElement",
     "DuplicateId",
     "EntityDeclarationForbidden",
     "EntityExpansionForbidden",
     "EnvelopeError",
     "ExternalEntityForbidden",
+    "Forbidden",
     "ForgedHeader",
     "GatewayError",
     "InvalidValue",
@@ -83,7 +114,10 @@ __all__ = [
     "ManifestMismatch",
     "MissingElement",
     "PartialCoverage",
+    "RecipientUnreachable",
+    "RequestError",
     "SchemaError",
+    "SenderMismatch",
     "SignatureError",
     "SignatureMalformed",
     "SignatureMisplaced",
@@ -91,12 +125,20 @@ __all__ = [
     "SignatureValueMismatch",
     "SignerMismatch",
     "SignerUnbound",
+    "StatusError",
+    "StatusNotAllowed",
+    "StatusTargetUnknown",
+    "StatusTransitionInvalid",
+    "StorageError",
+    "TooManyRecipients",
     "TrustError",
+    "UnknownAgency",
     "UnknownPackageKind",
     "UnsupportedAlgorithm",
     "UsageError",
     "WeakAlgorithm",
     "WrappedEnvelope",
+    "WrongPackageKind",
     "XMLError",
     "XMLTooDeep",
     "XMLTooLarge",
@@ -411,6 +453,153 @@ class SignerMismatch(TrustError):
     """The signer's agency code differs from the package's From/OrganId."""
 
     code = "SIGNER_AGENCY_MISMATCH"
+
+
+# --- the API and the node ----------------------------------------------------------------------
+
+
+class AuthError(GatewayError):
+    """The caller is not authenticated or not allowed."""
+
+    code = "AUTH_ERROR"
+    http_status = 403
+    meaning = "request refused: caller not authorised"
+
+
+class AuthRequired(AuthError):
+    """A client certificate (or trusted proxy header) is required."""
+
+    code = "AUTH_REQUIRED"
+    http_status = 401
+
+
+class ClientCertUntrusted(AuthError):
+    """The client certificate does not chain to a trusted CA, or is revoked or expired."""
+
+    code = "AUTH_CERT_UNTRUSTED"
+    http_status = 401
+
+
+class UnknownAgency(AuthError):
+    """The calling agency is not hosted by this node."""
+
+    code = "AUTH_UNKNOWN_AGENCY"
+
+
+class SenderMismatch(AuthError):
+    """The package's From (and signer) is not the agency that authenticated."""
+
+    code = "AUTH_SENDER_MISMATCH"
+
+
+class Forbidden(AuthError):
+    """The caller may not read or act on this document."""
+
+    code = "AUTH_FORBIDDEN"
+
+
+class RequestError(GatewayError):
+    """The request is well-formed but cannot be accepted."""
+
+    code = "REQUEST_ERROR"
+    http_status = 422
+    meaning = "request refused"
+
+
+class TooManyRecipients(RequestError):
+    """The package names more recipients than this node accepts."""
+
+    code = "REQUEST_TOO_MANY_RECIPIENTS"
+
+
+class RecipientUnreachable(RequestError):
+    """No node serves this recipient."""
+
+    code = "REQUEST_RECIPIENT_UNREACHABLE"
+
+
+class BodyTooLarge(RequestError):
+    """The request body is larger than this node accepts."""
+
+    code = "REQUEST_BODY_TOO_LARGE"
+    http_status = 413
+
+
+class WrongPackageKind(RequestError):
+    """A status package was sent where a document was expected, or the reverse."""
+
+    code = "REQUEST_WRONG_PACKAGE_KIND"
+
+
+class DocumentNotFound(GatewayError):
+    """No such document here (or not one the caller may see)."""
+
+    code = "DOCUMENT_NOT_FOUND"
+    http_status = 404
+    meaning = "unknown document"
+
+
+class DocumentConflict(GatewayError):
+    """A document with this sender and DocumentId exists with different bytes."""
+
+    code = "DOCUMENT_CONFLICT"
+    http_status = 409
+    meaning = "duplicate document id with different content"
+
+
+class StatusError(GatewayError):
+    """The status report cannot be accepted."""
+
+    code = "STATUS_ERROR"
+    http_status = 409
+    meaning = "status refused"
+
+
+class StatusTargetUnknown(StatusError):
+    """The status package refers to a document this node does not know."""
+
+    code = "STATUS_TARGET_UNKNOWN"
+    http_status = 404
+
+
+class StatusNotAllowed(StatusError):
+    """The reporting agency may not report this status on this document."""
+
+    code = "STATUS_NOT_ALLOWED"
+    http_status = 403
+
+
+class StatusTransitionInvalid(StatusError):
+    """This status makes no sense after the statuses already recorded."""
+
+    code = "STATUS_TRANSITION_INVALID"
+
+
+class StorageError(GatewayError):
+    """The node's database cannot serve the request."""
+
+    code = "STORAGE_ERROR"
+    http_status = 503
+    meaning = "node temporarily unavailable"
+
+
+class DatabaseNotMigrated(StorageError):
+    """The database schema is not at the current migration (run `gateway db upgrade`)."""
+
+    code = "DATABASE_NOT_MIGRATED"
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached."""
+
+    code = "DATABASE_UNAVAILABLE"
+
+
+class AuditChainBroken(StorageError):
+    """The audit log's hash chain or a signed checkpoint does not verify."""
+
+    code = "AUDIT_CHAIN_BROKEN"
+    http_status = 500
 
 
 def all_error_classes() -> list[type[GatewayError]]:

@@ -13,18 +13,34 @@ Usage::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.xmlsafe import XMLLimits
 
-__all__ = ["LimitsSettings", "Settings", "TrustSettings", "VerifySettings", "load_settings"]
+__all__ = [
+    "AuditSettings",
+    "DatabaseSettings",
+    "LimitsSettings",
+    "LoggingSettings",
+    "NodeSettings",
+    "ServerSettings",
+    "Settings",
+    "TLSSettings",
+    "Tier",
+    "TrustSettings",
+    "VerifySettings",
+    "load_settings",
+]
 
 ENV_PREFIX = "GATEWAY_"
+_NODE_NAME = re.compile(r"[a-z0-9-]+")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,20 +84,114 @@ class LimitsSettings:
         )
 
 
+class Tier(StrEnum):
+    """Where a node stands in the four-tier tree."""
+
+    COMMUNE = "commune"
+    DISTRICT = "district"
+    PROVINCE = "province"
+    CENTRAL = "central"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeSettings:
+    """``[node]``: who this node is."""
+
+    #: node name, bound in its certificate as ``urn:gateway-node:<name>`` ([a-z0-9-]+)
+    name: str = "gateway"
+    #: commune, district, province or central
+    tier: Tier = Tier.PROVINCE
+    #: agency codes whose DMS connect to this node
+    agencies: tuple[str, ...] = ()
+    #: the node's own private key (PEM; ECDSA P-256 recommended): signs receipts and audit
+    #: checkpoints
+    key: Path | None = None
+    #: the node's certificate (PEM, leaf then chain)
+    cert: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TLSSettings:
+    """``[tls]``: HTTPS for agencies and peers."""
+
+    #: server certificate (PEM, leaf then chain); usually the node certificate
+    cert: Path | None = None
+    #: its private key
+    key: Path | None = None
+    #: CA certificates that client certificates must chain to (defaults to [trust] anchors)
+    client_ca: tuple[Path, ...] = ()
+    #: addresses of a TLS-terminating proxy whose client-certificate header is believed;
+    #: empty: no header is ever believed
+    trusted_proxies: tuple[str, ...] = ()
+    #: the header that proxy puts the URL-encoded PEM client certificate in
+    proxy_cert_header: str = "x-client-cert"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DatabaseSettings:
+    """``[database]``: where the node keeps documents, deliveries, timelines and its audit log."""
+
+    #: SQLAlchemy URL: ``sqlite:///gateway.db`` (relative to this file) or
+    #: ``postgresql+psycopg://user@host/db``
+    url: str = "sqlite:///gateway.db"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerSettings:
+    """``[server]``: the HTTPS listener."""
+
+    #: address to listen on
+    host: str = "127.0.0.1"
+    #: port to listen on
+    port: int = 8443
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditSettings:
+    """``[audit]``: the hash-chained event log."""
+
+    #: seconds between signed checkpoints of the chain head
+    checkpoint_interval: int = 300
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoggingSettings:
+    """``[logging]``: structured JSON logs, one event per line, on stderr."""
+
+    #: debug, info, warning or error
+    level: str = "info"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """All settings of one gateway process."""
 
+    node: NodeSettings = field(default_factory=NodeSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: the settings file's folder: relative paths (and a relative SQLite file) live there
+    base_dir: Path = field(default_factory=Path.cwd)
 
 
 _SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSettings,
+    "tls": TLSSettings,
+    "database": DatabaseSettings,
+    "server": ServerSettings,
     "verify": VerifySettings,
     "trust": TrustSettings,
     "limits": LimitsSettings,
+    "audit": AuditSettings,
+    "logging": LoggingSettings,
 }
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> Any:
@@ -102,6 +212,28 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         if number <= 0:
             raise ConfigError(f"{where} must be positive", detail={"key": where})
         return number
+    if annotation == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} must be a non-empty string", detail={"key": where})
+        return value.strip()
+    if annotation == "Path | None":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} must be a path", detail={"key": where})
+        path = Path(value.strip())
+        return path if path.is_absolute() else base / path
+    if annotation == "Tier":
+        try:
+            return Tier(str(value).strip().lower())
+        except ValueError:
+            tiers = ", ".join(t.value for t in Tier)
+            raise ConfigError(
+                f"{where} must be one of {tiers}, not {value!r}", detail={"key": where}
+            ) from None
+    if annotation == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where} must be a list of strings", detail={"key": where})
+        return tuple(i.strip() for i in items if i.strip())
     if annotation == "tuple[Path, ...]":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -154,4 +286,38 @@ def load_settings(
                 )
             kwargs[key] = _coerce(section, key, value, known[key], base)
         built[section] = cls(**kwargs)
-    return Settings(**built)
+    settings = Settings(**built, base_dir=base)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    """Cross-field rules, each error naming its key."""
+    from gateway.agency import AgencyCode
+    from gateway.errors import AgencyCodeError
+
+    if not _NODE_NAME.fullmatch(settings.node.name):
+        raise ConfigError(
+            f"[node] name {settings.node.name!r} must match [a-z0-9-]+",
+            detail={"key": "node.name"},
+        )
+    for code in settings.node.agencies:
+        try:
+            AgencyCode.parse(code)
+        except AgencyCodeError as exc:
+            raise ConfigError(
+                f"[node] agencies: {exc.message}", detail={"key": "node.agencies"}
+            ) from None
+    if settings.logging.level not in _LOG_LEVELS:
+        raise ConfigError(
+            f"[logging] level must be one of {', '.join(_LOG_LEVELS)}",
+            detail={"key": "logging.level"},
+        )
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError("[server] port must be 1-65535", detail={"key": "server.port"})
+    url = settings.database.url
+    if not url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
+        raise ConfigError(
+            "[database] url must be sqlite:///... or postgresql+psycopg://...",
+            detail={"key": "database.url"},
+        )

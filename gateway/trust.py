@@ -2,6 +2,8 @@
 
 Trust anchors, known intermediates and CRLs are loaded ONCE and kept as certificate objects:
 rereading PEM files per verification costs milliseconds per document (DESIGN.md section 6).
+Reading the identity a certificate binds (``agency_code_of``, ``node_name_of``, ``describe``,
+``rfc4514_name``) lives in :mod:`gateway.binding` and is re-exported here.
 
 Usage::
 
@@ -45,8 +47,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -56,14 +57,22 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from gateway.agency import AgencyCode
+from gateway.binding import (
+    AGENCY_URN_PREFIX,
+    NODE_URN_PREFIX,
+    agency_code_of,
+    describe,
+    extension_value,
+    node_name_of,
+    rfc4514_name,
+    serial_hex,
+)
 from gateway.errors import (
     CertificateMalformed,
     CertificateNotValidAtSigning,
     CertificateRevoked,
     CertificateUntrusted,
     CRLInvalid,
-    SignerUnbound,
     UsageError,
 )
 
@@ -81,11 +90,6 @@ __all__ = [
     "node_name_of",
     "rfc4514_name",
 ]
-
-#: SAN URI prefix binding an agency code (same value as :mod:`gateway.pki` writes)
-AGENCY_URN_PREFIX: Final = "urn:qcvn102:"
-#: SAN URI prefix binding a gateway node name
-NODE_URN_PREFIX: Final = "urn:gateway-node:"
 
 #: EKU purposes that allow a certificate to sign edXML documents, hop records and receipts
 SIGNING_PURPOSES: Final = frozenset(
@@ -414,7 +418,7 @@ class TrustStore:
                 "issuer's key",
                 detail={"issuer": rfc4514_name(cert.issuer), "crls": len(candidates)},
             )
-        usage = _extension(issuer, x509.KeyUsage)
+        usage = extension_value(issuer, x509.KeyUsage)
         if usage is not None and not usage.crl_sign:
             raise CRLInvalid(
                 f"{rfc4514_name(issuer.subject)} may not sign CRLs (keyUsage lacks cRLSign)",
@@ -427,129 +431,16 @@ class TrustStore:
         return max(covering, key=lambda c: (_crl_number(c) or -1, c.last_update_utc))
 
 
-# --- identity bound in a certificate ---------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1024)  # certificates are immutable and hashable
-def agency_code_of(cert: x509.Certificate) -> AgencyCode | None:
-    """The agency code a certificate binds, or None when it binds none.
-
-    Usage: ``agency_code_of(leaf) == AgencyCode.parse(from_organ_id)``.
-
-    Read from SAN URIs ``urn:qcvn102:CODE`` and from subject ``serialNumber`` attributes; a
-    verifier accepts either. Only values that parse as an :class:`AgencyCode` count (a
-    serialNumber such as ``MST:0101234567`` is simply not an agency code). A certificate that
-    binds two DIFFERENT codes raises :class:`SignerUnbound`: it does not bind one agency, and
-    guessing which one would let a CA mistake speak for another agency.
-    """
-    codes: dict[str, list[str]] = {}
-    for value in _uris_with_prefix(cert, AGENCY_URN_PREFIX):
-        if AgencyCode.is_valid(value):
-            codes.setdefault(str(AgencyCode.parse(value)), []).append("subjectAltName URI")
-    for attr in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
-        value = attr.value if isinstance(attr.value, str) else ""
-        if AgencyCode.is_valid(value):
-            codes.setdefault(str(AgencyCode.parse(value)), []).append("subject serialNumber")
-    if len(codes) > 1:
-        raise SignerUnbound(
-            f"{rfc4514_name(cert.subject)} binds more than one agency code: "
-            f"{', '.join(sorted(codes))}",
-            detail={"subject": rfc4514_name(cert.subject), "codes": codes},
-        )
-    return AgencyCode.parse(next(iter(codes))) if codes else None
-
-
-def node_name_of(cert: x509.Certificate) -> str | None:
-    """The gateway node name a certificate binds (SAN URI ``urn:gateway-node:NAME``), or None.
-
-    Usage: ``node_name_of(peer_cert) == "h49-hub"``. Two different names raise
-    :class:`SignerUnbound`.
-    """
-    names = sorted(set(_uris_with_prefix(cert, NODE_URN_PREFIX)))
-    if len(names) > 1:
-        raise SignerUnbound(
-            f"{rfc4514_name(cert.subject)} binds more than one node name: {', '.join(names)}",
-            detail={"subject": rfc4514_name(cert.subject), "nodes": names},
-        )
-    return names[0] if names and names[0] else None
-
-
-def describe(cert: x509.Certificate) -> dict[str, Any]:
-    """A JSON-ready summary of a certificate for reports and evidence bundles.
-
-    Usage: ``json.dumps(describe(leaf))``. Never raises on an odd binding: a certificate
-    binding two codes is described with ``agency_code: None`` and ``binding_error``.
-    """
-    out: dict[str, Any] = {
-        "subject": rfc4514_name(cert.subject),
-        "issuer": rfc4514_name(cert.issuer),
-        "serial": _hex(cert.serial_number),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "sha256": cert.fingerprint(hashes.SHA256()).hex(),
-    }
-    try:
-        code = agency_code_of(cert)
-        out["agency_code"] = str(code) if code is not None else None
-    except SignerUnbound as exc:
-        out["agency_code"] = None
-        out["binding_error"] = exc.message
-    try:
-        out["node"] = node_name_of(cert)
-    except SignerUnbound as exc:
-        out["node"] = None
-        out["binding_error"] = exc.message
-    return out
-
-
 # --- helpers ---------------------------------------------------------------------------------
-
-_ATTR_NAMES: Final = {NameOID.SERIAL_NUMBER: "serialNumber"}
 
 
 @functools.lru_cache(maxsize=1024)
 def _label(cert: x509.Certificate) -> str:
-    return f"{rfc4514_name(cert.subject)} (serial {_hex(cert.serial_number)})"
-
-
-def rfc4514_name(name: x509.Name) -> str:
-    """``name`` as an RFC 4514 string, spelling serialNumber out instead of ``2.5.4.5``.
-
-    Usage: ``rfc4514_name(cert.subject)`` -> ``'serialNumber=000.00.00.H49,CN=...,C=VN'``.
-    """
-    return name.rfc4514_string(_ATTR_NAMES)
+    return f"{rfc4514_name(cert.subject)} (serial {serial_hex(cert.serial_number)})"
 
 
 def _utc(when: dt.datetime) -> dt.datetime:
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-
-
-def _hex(number: int) -> str:
-    return f"0x{number:x}"
-
-
-def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:
-        raise CertificateMalformed(
-            f"cannot decode the extensions of {rfc4514_name(cert.subject)}: {exc}",
-            detail={"subject": rfc4514_name(cert.subject), "reason": str(exc)},
-        ) from None
-
-
-def _uris_with_prefix(cert: x509.Certificate, prefix: str) -> list[str]:
-    san = _extension(cert, x509.SubjectAlternativeName)
-    if san is None:
-        return []
-    out: list[str] = []
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        # RFC 8141: the "urn" scheme and the namespace identifier are case-insensitive.
-        if uri[: len(prefix)].lower() == prefix:
-            out.append(uri[len(prefix) :])
-    return out
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
@@ -570,7 +461,7 @@ def _covers(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool
         idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
     except x509.ExtensionNotFound:
         return True
-    constraints = _extension(cert, x509.BasicConstraints)
+    constraints = extension_value(cert, x509.BasicConstraints)
     is_ca = constraints is not None and constraints.ca
     if idp.indirect_crl or idp.only_contains_attribute_certs:
         return False
@@ -579,7 +470,7 @@ def _covers(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool
     if idp.full_name is None and idp.relative_name is None:
         return True
     # A partitioned CRL covers only certificates that point at that same distribution point.
-    points = _extension(cert, x509.CRLDistributionPoints)
+    points = extension_value(cert, x509.CRLDistributionPoints)
     if points is None or idp.full_name is None:
         return False
     wanted = set(idp.full_name)
@@ -617,7 +508,7 @@ def _revocation_detail(
 ) -> dict[str, Any]:
     reason = _entry_extension(entry, x509.CRLReason)
     return {
-        "serial": _hex(cert.serial_number),
+        "serial": serial_hex(cert.serial_number),
         "revoked_at": entry.revocation_date_utc.isoformat(),
         "reason": reason.reason.value if reason is not None else "unspecified",
         "subject": rfc4514_name(cert.subject),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 
 def test_example_config_loads_and_equals_defaults() -> None:
-    assert load_settings(EXAMPLE, environ={}) == Settings()
+    loaded = load_settings(EXAMPLE, environ={})
+    assert loaded.base_dir == EXAMPLE.parent
+    assert replace(loaded, base_dir=Path.cwd()) == Settings()
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
