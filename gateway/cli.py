@@ -222,6 +222,33 @@ def validate(infile: Path, as_json: bool, config: Path | None) -> None:
 
 
 @main.command()
+@_file_option("--config", help="The node's settings file.", required=True)
+def serve(config: Path) -> None:
+    """Run a node: HTTPS API with client certificates, storage, background jobs."""
+    from gateway import db, schema, server
+    from gateway.api import create_app
+    from gateway.logs import configure
+    from gateway.node import Node
+    from gateway.scheduler import checkpoint_now, start
+
+    settings = _settings(config)
+    configure(settings.logging.level)
+    try:
+        engine = db.make_engine(settings)
+        db.require_current(engine, config=config)
+        node = Node.from_settings(settings, engine)
+        schema.check_schemas()  # compile both validators now, not on the first refusal
+    except GatewayError as exc:
+        _fail_usage(exc)
+    scheduler = start(node)
+    try:
+        server.run(create_app(node), settings)
+    finally:
+        scheduler.shutdown(wait=False)
+        checkpoint_now(node)
+
+
+@main.command()
 @click.option(
     "--keep",
     type=click.Path(path_type=Path, file_okay=False),
@@ -248,10 +275,13 @@ def bench_envelopes(seconds: float) -> None:
     run_envelope_bench(seconds)
 
 
-def _register_pki() -> None:
+def _register_groups() -> None:
+    from gateway.cli_audit import audit
+    from gateway.cli_db import db
     from gateway.cli_pki import pki
 
-    main.add_command(pki)
+    for group in (pki, db, audit):
+        main.add_command(group)
 
 
-_register_pki()
+_register_groups()

@@ -15,6 +15,8 @@ Layout of a PKI directory::
     <CODE|NAME>.cert.pem     leaf certificate, then the intermediate
     <CODE|NAME>.key.pem      leaf key, PKCS#8 unencrypted (0600)
 
+Reading and writing those files (the state file, CRLs, keys) is :mod:`gateway.pki_files`.
+
 Usage::
 
     ca = init_ca(Path("demo-pki"))
@@ -32,23 +34,39 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.agency import AgencyCode
+from gateway.binding import AGENCY_URN_PREFIX, NODE_URN_PREFIX, rfc4514_name
 from gateway.errors import AgencyCodeError, UsageError
-from gateway.trust import AGENCY_URN_PREFIX, NODE_URN_PREFIX, rfc4514_name
+from gateway.pki_files import CRL_FILE as CRL_FILE
+from gateway.pki_files import CRL_LIFETIME as CRL_LIFETIME
+from gateway.pki_files import INTERMEDIATE_CERT as INTERMEDIATE_CERT
+from gateway.pki_files import INTERMEDIATE_KEY as INTERMEDIATE_KEY
+from gateway.pki_files import ROOT_CERT as ROOT_CERT
+from gateway.pki_files import ROOT_KEY as ROOT_KEY
+from gateway.pki_files import (
+    SIGNING_HASH,
+    PrivateKey,
+    load_pair,
+    read_state,
+    write_crls,
+    write_key,
+    write_public,
+    write_state,
+)
+from gateway.pki_files import STATE_FILE as STATE_FILE
 
+# The file names and CRL_LIFETIME live in gateway.pki_files now; the ``X as X`` imports above
+# keep them importable from here, as they were before the split.
 __all__ = [
     "AGENCY_URN_PREFIX",
     "KEY_TYPES",
@@ -67,14 +85,6 @@ __all__ = [
 #: key types :func:`issue` and :func:`init_ca` accept
 KEY_TYPES: Final = ("rsa2048", "rsa3072", "ec-p256")
 
-ROOT_CERT: Final = "ca.cert.pem"
-ROOT_KEY: Final = "ca.key.pem"
-INTERMEDIATE_CERT: Final = "intermediate.cert.pem"
-INTERMEDIATE_KEY: Final = "intermediate.key.pem"
-CRL_FILE: Final = "crl.pem"
-STATE_FILE: Final = "pki-state.json"
-
-CRL_LIFETIME: Final = dt.timedelta(days=7)
 # Leaves start a little in the past so a peer whose clock lags still accepts them. CAs start a
 # year back so tests can issue leaves "in the past" (not_before=...) and verify signatures at
 # an earlier signing time: a real CA also predates every certificate it issues.
@@ -83,9 +93,6 @@ _LEAF_BACKDATE: Final = dt.timedelta(minutes=5)
 _NODE_NAME: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SERIAL: Final = re.compile(r"^(?:0[xX][0-9a-fA-F]+|[0-9]+)$")
 _RESERVED_NAMES: Final = frozenset({"ca", "intermediate", "crl"})
-
-_PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-_SIGNING_HASH: Final = hashes.SHA256()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -187,7 +194,7 @@ def init_ca(
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(_ski(root_key), critical=False)
         .add_extension(_aki(root_key), critical=False)
-        .sign(root_key, _SIGNING_HASH)
+        .sign(root_key, SIGNING_HASH)
     )
 
     inter_key = _generate_key(key_type)
@@ -198,7 +205,7 @@ def init_ca(
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(_ski(inter_key), critical=False)
         .add_extension(_aki(root_key), critical=False)
-        .sign(root_key, _SIGNING_HASH)
+        .sign(root_key, SIGNING_HASH)
     )
 
     paths = CAPaths(
@@ -211,10 +218,10 @@ def init_ca(
         root_serial=root.serial_number,
         intermediate_serial=inter.serial_number,
     )
-    _write_key(paths.root_key, root_key)
-    _write_key(paths.intermediate_key, inter_key)
-    _write_public(paths.root_cert, root.public_bytes(serialization.Encoding.PEM))
-    _write_public(paths.intermediate_cert, inter.public_bytes(serialization.Encoding.PEM))
+    write_key(paths.root_key, root_key)
+    write_key(paths.intermediate_key, inter_key)
+    write_public(paths.root_cert, root.public_bytes(serialization.Encoding.PEM))
+    write_public(paths.intermediate_cert, inter.public_bytes(serialization.Encoding.PEM))
     state: dict[str, Any] = {
         "crl_number": 0,
         "root_serial": _hex(root.serial_number),
@@ -222,7 +229,7 @@ def init_ca(
         "issued": {},
         "revoked": {},
     }
-    _write_crls(directory, state, root=root, root_key=root_key, inter=inter, inter_key=inter_key)
+    write_crls(directory, state, root=root, root_key=root_key, inter=inter, inter_key=inter_key)
     return paths
 
 
@@ -279,8 +286,8 @@ def issue(
                 f"{path} already exists; refusing to overwrite it", detail={"path": str(path)}
             )
 
-    inter, inter_key = _load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
-    state = _read_state(directory)
+    inter, inter_key = load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+    state = read_state(directory)
     org = _organization_of(inter)
     attrs = [
         x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
@@ -315,21 +322,21 @@ def issue(
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(_ski(key), critical=False)
         .add_extension(_aki(inter_key), critical=False)
-        .sign(inter_key, _SIGNING_HASH)
+        .sign(inter_key, SIGNING_HASH)
     )
 
-    _write_key(key_path, key)
+    write_key(key_path, key)
     chain_pem = cert.public_bytes(serialization.Encoding.PEM) + inter.public_bytes(
         serialization.Encoding.PEM
     )
-    _write_public(cert_path, chain_pem)
+    write_public(cert_path, chain_pem)
     state["issued"][_hex(cert.serial_number)] = {
         "name": stem,
         "kind": "agency" if agency is not None else "node",
         "subject": rfc4514_name(subject),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
-    _write_state(directory, state)
+    write_state(directory, state)
     return IssuedPaths(
         key=key_path,
         cert=cert_path,
@@ -361,9 +368,9 @@ def revoke(
     number = parse_serial(serial)
     flag = _reason(reason)
     directory = Path(directory)
-    root, root_key = _load_pair(directory, ROOT_CERT, ROOT_KEY)
-    inter, inter_key = _load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
-    state = _read_state(directory)
+    root, root_key = load_pair(directory, ROOT_CERT, ROOT_KEY)
+    inter, inter_key = load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+    state = read_state(directory)
     key = _hex(number)
     if number == root.serial_number:
         raise UsageError(
@@ -381,7 +388,7 @@ def revoke(
             "reason": flag.value,
             "issuer": "root" if number == inter.serial_number else "intermediate",
         }
-    return _write_crls(
+    return write_crls(
         directory, state, root=root, root_key=root_key, inter=inter, inter_key=inter_key
     )
 
@@ -393,10 +400,10 @@ def refresh_crl(directory: Path) -> Path:
     CRL.
     """
     directory = Path(directory)
-    root, root_key = _load_pair(directory, ROOT_CERT, ROOT_KEY)
-    inter, inter_key = _load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
-    state = _read_state(directory)
-    return _write_crls(
+    root, root_key = load_pair(directory, ROOT_CERT, ROOT_KEY)
+    inter, inter_key = load_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+    state = read_state(directory)
+    return write_crls(
         directory, state, root=root, root_key=root_key, inter=inter, inter_key=inter_key
     )
 
@@ -407,7 +414,7 @@ def list_issued(directory: Path) -> list[IssuedRecord]:
     Usage: ``[r.name for r in list_issued(Path("demo-pki")) if r.revoked_at is None]``.
     """
     directory = Path(directory)
-    state = _read_state(directory)
+    state = read_state(directory)
     try:
         inter = x509.load_pem_x509_certificate((directory / INTERMEDIATE_CERT).read_bytes())
     except (OSError, ValueError) as exc:
@@ -496,7 +503,7 @@ def _check_key_type(key_type: str) -> None:
         )
 
 
-def _generate_key(key_type: str) -> _PrivateKey:
+def _generate_key(key_type: str) -> PrivateKey:
     if key_type == "ec-p256":
         return ec.generate_private_key(ec.SECP256R1())
     return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
@@ -554,11 +561,11 @@ def _key_usage(**asserted: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**flags)
 
 
-def _ski(key: _PrivateKey) -> x509.SubjectKeyIdentifier:
+def _ski(key: PrivateKey) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
 
-def _aki(issuer_key: _PrivateKey) -> x509.AuthorityKeyIdentifier:
+def _aki(issuer_key: PrivateKey) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
 
 
@@ -577,130 +584,3 @@ def _reason(reason: x509.ReasonFlags | str) -> x509.ReasonFlags:
         f"unknown revocation reason {reason!r} (choose from {choices})",
         detail={"reason": str(reason)},
     )
-
-
-def _write_crls(
-    directory: Path,
-    state: dict[str, Any],
-    *,
-    root: x509.Certificate,
-    root_key: _PrivateKey,
-    inter: x509.Certificate,
-    inter_key: _PrivateKey,
-) -> Path:
-    """Sign both CRLs with the next CRL number and write ``crl.pem`` then the state file."""
-    state["crl_number"] = int(state.get("crl_number", 0)) + 1
-    now = _now().replace(microsecond=0)
-    pems = []
-    for issuer, key, scope in ((inter, inter_key, "intermediate"), (root, root_key, "root")):
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(issuer.subject)
-            .last_update(now)
-            .next_update(now + CRL_LIFETIME)
-            .add_extension(x509.CRLNumber(state["crl_number"]), critical=False)
-            .add_extension(_aki(key), critical=False)
-        )
-        for serial_hex, entry in sorted(state["revoked"].items()):
-            if entry["issuer"] != scope:
-                continue
-            revoked = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(serial_hex, 16))
-                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
-            )
-            flag = x509.ReasonFlags(entry["reason"])
-            # RFC 5280 5.3.1: reasonCode "unspecified" SHOULD be absent rather than written.
-            if flag is not x509.ReasonFlags.unspecified:
-                revoked = revoked.add_extension(x509.CRLReason(flag), critical=False)
-            builder = builder.add_revoked_certificate(revoked.build())
-        crl = builder.sign(key, _SIGNING_HASH)
-        pems.append(crl.public_bytes(serialization.Encoding.PEM))
-    path = directory / CRL_FILE
-    _write_public(path, b"".join(pems))
-    _write_state(directory, state)
-    return path
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def _load_pair(
-    directory: Path, cert_name: str, key_name: str
-) -> tuple[x509.Certificate, _PrivateKey]:
-    cert_path, key_path = directory / cert_name, directory / key_name
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise UsageError(
-            f"{directory} holds no CA ({exc.filename} is missing): run `gateway pki init` first",
-            detail={"directory": str(directory), "missing": str(exc.filename)},
-        ) from exc
-    except (OSError, ValueError, TypeError) as exc:
-        # The message names the file only: key parsing errors must never echo key bytes.
-        raise UsageError(
-            f"cannot read the CA in {directory} ({cert_name} / {key_name})",
-            detail={"directory": str(directory), "reason": type(exc).__name__},
-        ) from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise UsageError(
-            f"{key_path} holds an unsupported key type", detail={"path": str(key_path)}
-        )
-    if cert.public_key() != key.public_key():
-        raise UsageError(
-            f"{key_path} does not belong to {cert_path}",
-            detail={"key": str(key_path), "cert": str(cert_path)},
-        )
-    return cert, key
-
-
-def _read_state(directory: Path) -> dict[str, Any]:
-    path = directory / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UsageError(
-            f"{path} is missing: was {directory} made by `gateway pki init`?",
-            detail={"path": str(path)},
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", detail={"path": str(path)}) from exc
-    if not isinstance(state, dict) or not {"issued", "revoked"} <= state.keys():
-        raise UsageError(f"{path} is not a PKI state file", detail={"path": str(path)})
-    return state
-
-
-def _write_state(directory: Path, state: dict[str, Any]) -> None:
-    text = json.dumps(state, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / STATE_FILE, text.encode("utf-8"), 0o644)
-
-
-def _write_key(path: Path, key: _PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # Created 0600, so the key is never readable by others even for a moment; O_EXCL: never
-    # clobber an existing key.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    os.chmod(path, 0o600)  # the umask may have removed bits, never added: make it exact
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    _atomic_write(path, data, 0o644)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

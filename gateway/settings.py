@@ -75,6 +75,10 @@ class LimitsSettings:
     max_depth: int = 64
     #: most elements in one package
     max_elements: int = 100_000
+    #: most recipients (To) in one document
+    max_recipients: int = 500
+    #: most attachments in one document
+    max_attachments: int = 100
 
     def xml_limits(self) -> XMLLimits:
         return XMLLimits(

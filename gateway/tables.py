@@ -19,6 +19,9 @@ Times are stored as timezone-aware UTC. Envelope bytes are stored exactly as rec
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -33,8 +36,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "UTCDateTime",
     "audit_checkpoints",
     "audit_log",
     "deliveries",
@@ -51,6 +57,31 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every engine (SQLite stores it naive, in UTC).
+
+    A naive datetime is refused on the way in: a time without a zone is a bug here.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise ValueError(f"a timezone-aware datetime is required, not {value!r}")
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
 
 #: BIGINT on PostgreSQL, INTEGER (the rowid alias, autoincrementing) on SQLite
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -80,8 +111,8 @@ documents = Table(
     Column("about_seq", _Id, ForeignKey("documents.seq")),
     #: the signer's certificate, described (subject, serial, agency)
     Column("signer", Text, nullable=False),
-    Column("signing_time", DateTime(timezone=True)),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("signing_time", UTCDateTime()),
+    Column("received_at", UTCDateTime(), nullable=False),
     #: who handed it to this node: "agency:<code>" or "node:<name>"
     Column("received_from", String(128), nullable=False),
     #: the receipt this node signed when it stored the package (JSON)
@@ -99,15 +130,15 @@ deliveries = Table(
     Column("next_hop", String(128), nullable=False),
     #: accepted, in_transit, delivered, fetched, acknowledged, failed
     Column("state", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     #: the durable delivery schedule (outbox rows: next_hop != "local")
     Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text),
     #: a dispatcher's claim: who holds the row and until when
     Column("leased_by", String(128)),
-    Column("lease_until", DateTime(timezone=True)),
+    Column("lease_until", UTCDateTime()),
     UniqueConstraint("document_seq", "recipient"),
     Index(None, "recipient", "state", "document_seq"),
     Index(None, "next_hop", "state", "next_attempt_at"),
@@ -120,7 +151,7 @@ events = Table(
     Column("document_seq", _Id, ForeignKey("documents.seq"), nullable=False),
     #: the recipient the event concerns (None: the document as a whole)
     Column("recipient", String(32)),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     #: "transport" or "status"
     Column("kind", String(16), nullable=False),
     #: transport state (accepted, delivered, fetched, ...) or business status code (01-16)
@@ -139,7 +170,7 @@ audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", _Id, primary_key=True, autoincrement=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     #: ingest, refuse, deliver, fetch, ack, status, admin, config, auth_failure, ...
     Column("event", String(64), nullable=False),
     Column("actor", String(128), nullable=False),
@@ -160,7 +191,7 @@ audit_checkpoints = Table(
     #: the last audit_log.seq covered
     Column("seq", _Id, nullable=False),
     Column("hash", String(64), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     Column("node", String(128), nullable=False),
     #: base64 signature by the node key over the checkpoint's canonical form
     Column("signature", Text, nullable=False),

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ATTACKS, G22, INTEROP, DevPKI
+from support import ATTACKS, G22, INTEROP, DevPKI
 
 GATEWAY = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import G22, H41, DevPKI, sample
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.verifier import SignatureConfiguration, XMLVerifier
+from support import G22, H41, DevPKI, sample
 from test_interop_xmlsec1 import ECDSA, EXC, INCL, RSA, _template, _xmlsec_sign, _xmlsec_verify
 
 from gateway.dsig import verify_enveloped

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import G22, H41, DevPKI, sample
 from lxml import etree
+from support import G22, H41, DevPKI, sample
 
 from gateway.signing import VIETNAM_TZ, sign_package
 

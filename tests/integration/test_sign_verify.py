@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import G22, H41, DevPKI, sample
 from lxml import etree
+from support import G22, H41, DevPKI, sample
 
 from gateway.pki import issue, revoke
 from gateway.signing import SigningKey, sign_package

@@ -8,8 +8,8 @@ so the refusal cannot be explained by an untrusted certificate.
 from __future__ import annotations
 
 import pytest
-from conftest import ATTACKS, G22, DevPKI, sample
 from lxml import etree
+from support import ATTACKS, G22, DevPKI, sample
 from wrapping import VARIANTS
 
 from gateway.signing import sign_package

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ATTACKS, INTEROP
 from lxml import etree
+from support import ATTACKS, INTEROP
 
 from gateway.errors import (
     DoctypeForbidden,

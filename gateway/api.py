@@ -1,0 +1,271 @@
+"""The agency API (FastAPI): a thin edge over :mod:`gateway.ingest` and :mod:`gateway.inbox`.
+
+Every refusal is JSON ``{code, message, detail}`` with the error's HTTP status; a body is never
+logged. Agencies authenticate with their client certificate (:mod:`gateway.identity`).
+
+Usage::
+
+    app = create_app(node)
+    # served by gateway.server.run(app, settings)
+
+FastAPI reads the route signatures at run time, so this module does not use postponed
+annotations (``Caller`` is local to :func:`create_app`).
+"""
+
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from gateway import __version__, audit
+from gateway.errors import AuthError, BodyTooLarge, GatewayError, RequestError
+from gateway.identity import Identity, require_identity
+from gateway.inbox import acknowledge, fetch, list_inbox, status_view
+from gateway.ingest import Accepted, ingest_document, ingest_status
+from gateway.node import Node
+from gateway.readiness import readiness
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("gateway.api")
+
+_XML = "application/xml"
+
+
+class ErrorBody(BaseModel):
+    """Every refusal."""
+
+    code: str = Field(description="stable error code, e.g. SIGNATURE_DIGEST_MISMATCH")
+    message: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AcceptedBody(BaseModel):
+    """The 202 of an ingest: the package is durably stored."""
+
+    id: str = Field(description="the gateway's id for the package")
+    kind: str
+    duplicate: bool = Field(description="true when this exact package was already stored")
+    receipt: dict[str, Any] = Field(description="signed by the node: digest, time, node")
+    status_url: str
+
+
+class InboxItem(BaseModel):
+    id: str
+    kind: str
+    sender: str
+    document_id: str | None
+    subject: str | None
+    status_code: str | None
+    size: int
+    sha256: str
+    received_at: str
+    state: str
+
+
+class InboxBody(BaseModel):
+    items: list[InboxItem]
+    next_after: int | None = Field(description="pass as ?after= for the next page")
+
+
+class AckBody(BaseModel):
+    id: str
+    state: str
+
+
+class EventBody(BaseModel):
+    at: str
+    kind: str
+    code: str
+    node: str
+    actor: str
+    description: str | None
+
+
+class RecipientStatus(BaseModel):
+    recipient: str
+    transport: str
+    next_hop: str
+    status: str | None
+    events: list[EventBody]
+
+
+class StatusBody(BaseModel):
+    id: str
+    sender: str
+    document_id: str | None
+    received_at: str
+    recipients: list[RecipientStatus]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes (never held whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(
+            f"the body is {declared} bytes; this node accepts at most {limit}",
+            detail={"size": int(declared), "limit": limit},
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(
+                f"the body passes {limit} bytes, the most this node accepts",
+                detail={"limit": limit},
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _audit_auth_failure(node: Node, request: Request, exc: GatewayError) -> None:
+    peer = request.client.host if request.client else "unknown"
+    with node.engine.begin() as conn:
+        audit.append(
+            conn,
+            event="auth_failure",
+            actor=f"peer:{peer}",
+            subject=None,
+            data={"code": exc.code, "path": request.url.path, "method": request.method},
+        )
+
+
+def create_app(node: Node) -> FastAPI:
+    """The node's ASGI application."""
+    app = FastAPI(
+        title=f"edXML gateway node {node.name}",
+        version=__version__,
+        description="Agency API: push signed edXML documents and statuses, pull your inbox.",
+        responses=_ERRORS,
+    )
+    identity = require_identity(node.trust, node.settings)
+    Caller = Annotated[Identity, Depends(identity)]
+    limit = node.settings.limits.max_envelope_bytes
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        log.info("api.refused", path=request.url.path, code=exc.code, status=exc.http_status)
+        if isinstance(exc, AuthError):
+            await run_in_threadpool(_audit_auth_failure, node, request, exc)
+        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = RequestError(
+            "the request's parameters are invalid",
+            detail={"errors": [str(e.get("msg")) for e in exc.errors()][:10]},
+        )
+        return JSONResponse(error.to_dict(), status_code=422)
+
+    def accepted_body(request: Request, accepted: Accepted) -> AcceptedBody:
+        return AcceptedBody(
+            id=accepted.id,
+            kind=accepted.kind.value,
+            duplicate=accepted.duplicate,
+            receipt=accepted.receipt,
+            status_url=str(request.url_for("document_status", doc_id=accepted.id)),
+        )
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        """Database reachable, migrations current, certificates valid."""
+        problems = await run_in_threadpool(readiness, node)
+        if problems:
+            body = {
+                "code": "NOT_READY",
+                "message": "; ".join(problems),
+                "detail": {"problems": problems},
+            }
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.post(
+        "/api/v1/documents",
+        status_code=202,
+        response_model=AcceptedBody,
+        tags=["documents"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {_XML: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def post_document(request: Request, caller: Caller) -> AcceptedBody:
+        """Submit a signed edXML document package (the body is the package bytes)."""
+        data = await _body(request, limit)
+        accepted = await run_in_threadpool(ingest_document, node, data, caller=caller)
+        return accepted_body(request, accepted)
+
+    @app.post(
+        "/api/v1/statuses",
+        status_code=202,
+        response_model=AcceptedBody,
+        tags=["statuses"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {_XML: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def post_status(request: Request, caller: Caller) -> AcceptedBody:
+        """Submit a signed edXML status package (01-06, 13, 15, 16) about a document."""
+        data = await _body(request, limit)
+        accepted = await run_in_threadpool(ingest_status, node, data, caller=caller)
+        return accepted_body(request, accepted)
+
+    @app.get("/api/v1/inbox", response_model=InboxBody, tags=["inbox"])
+    async def inbox(
+        caller: Caller,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        after: Annotated[int, Query(ge=0)] = 0,
+    ) -> InboxBody:
+        """Packages waiting for the calling agency, oldest first, paged."""
+        page = await run_in_threadpool(list_inbox, node, caller, limit=limit, after=after)
+        return InboxBody(items=[InboxItem(**i) for i in page.items], next_after=page.next_after)
+
+    @app.get(
+        "/api/v1/documents/{doc_id}",
+        tags=["documents"],
+        response_class=Response,
+        responses={200: {"content": {_XML: {}}, "description": "the exact stored bytes"}},
+    )
+    async def get_document(doc_id: str, caller: Caller) -> Response:
+        """The exact stored bytes of a document the caller sent or received."""
+        data = await run_in_threadpool(fetch, node, caller, doc_id)
+        return Response(content=data, media_type=_XML)
+
+    @app.post("/api/v1/documents/{doc_id}/ack", response_model=AckBody, tags=["inbox"])
+    async def ack(doc_id: str, caller: Caller) -> AckBody:
+        """Record that the calling agency's DMS has the document."""
+        state = await run_in_threadpool(acknowledge, node, caller, doc_id)
+        return AckBody(id=doc_id, state=state)
+
+    @app.get(
+        "/api/v1/documents/{doc_id}/status",
+        response_model=StatusBody,
+        tags=["documents"],
+        name="document_status",
+    )
+    async def document_status(doc_id: str, caller: Caller) -> StatusBody:
+        """Per recipient: the transport state and every business status, with times."""
+        view = await run_in_threadpool(status_view, node, caller, doc_id)
+        return StatusBody(**view)
+
+    return app

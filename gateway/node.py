@@ -1,0 +1,117 @@
+"""The running node's collaborators, built once at start and handed to the services.
+
+Usage::
+
+    node = Node.from_settings(settings, engine)
+    result = ingest_document(node, data, caller=identity)
+
+The services (:mod:`gateway.ingest`, :mod:`gateway.inbox`) take a :class:`Node` and know
+nothing about HTTP; the API (:mod:`gateway.api`) is a thin edge over them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from gateway import db
+from gateway.agency import AgencyCode
+from gateway.errors import ConfigError, RecipientUnreachable
+from gateway.nodekey import NodeKey
+from gateway.settings import Settings
+from gateway.trust import TrustStore
+from gateway.verification import Verifier, VerifyPolicy
+
+__all__ = ["LOCAL", "Node", "Router"]
+
+#: ``deliveries.next_hop`` of a recipient hosted by this node
+LOCAL = "local"
+
+#: Given a recipient this node does not host, the name of the next node (or raise
+#: :class:`RecipientUnreachable`). The four-tier routing plugs in here.
+Router = Callable[[AgencyCode], str]
+
+
+def _no_route(recipient: AgencyCode) -> str:
+    raise RecipientUnreachable(
+        f"{recipient} is not served by this node and no route to other nodes is configured",
+        detail={"recipient": str(recipient)},
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """Everything a request needs, built once: settings, database, trust, keys."""
+
+    settings: Settings
+    #: for writes (on SQLite every transaction on it takes the write lock: BEGIN IMMEDIATE)
+    engine: Engine
+    trust: TrustStore
+    verifier: Verifier
+    key: NodeKey
+    #: agency codes whose DMS connect here
+    hosted: frozenset[str]
+    route: Router = _no_route
+    #: injectable clock (tests)
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def name(self) -> str:
+        return self.settings.node.name
+
+    @functools.cached_property
+    def reader(self) -> Engine:
+        """The same database for reads only: on SQLite they never queue behind a writer."""
+        return db.read_only(self.engine)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, *, route: Router | None = None
+    ) -> Node:
+        """Load trust anchors, CRLs and the node key once; refuse to start without them."""
+        if not settings.trust.anchors:
+            raise ConfigError(
+                "[trust] anchors is empty: a node must know which CA signs its agencies",
+                detail={"key": "trust.anchors"},
+            )
+        if settings.node.key is None or settings.node.cert is None:
+            raise ConfigError(
+                "[node] key and cert are required: the node signs receipts and audit checkpoints",
+                detail={"key": "node.key"},
+            )
+        trust = TrustStore.from_pem_files(
+            list(settings.trust.anchors),
+            crls=list(settings.trust.crls),
+            intermediates=list(settings.trust.intermediates),
+        )
+        policy = VerifyPolicy(
+            allow_weak_algorithms=settings.verify.allow_weak_algorithms,
+            require_revocation_check=settings.verify.require_revocation_check,
+            limits=settings.limits.xml_limits(),
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            trust=trust,
+            verifier=Verifier(trust, policy),
+            key=NodeKey.load(Path(settings.node.key), Path(settings.node.cert)),
+            hosted=frozenset(settings.node.agencies),
+            route=route or _no_route,
+        )
+
+    def next_hop(self, recipient: AgencyCode) -> str:
+        """``local`` for a hosted agency, else what the router says."""
+        return LOCAL if str(recipient) in self.hosted else self.route(recipient)
+
+    def new_id(self) -> str:
+        """A fresh gateway document id."""
+        return uuid.uuid4().hex
+
+    def now(self) -> dt.datetime:
+        return self.clock()

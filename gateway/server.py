@@ -1,0 +1,311 @@
+"""The HTTPS listener: uvicorn with client certificates handed to the app (ASGI ``tls``).
+
+uvicorn 0.54 verifies a client certificate but does not pass it to the app. The protocol
+classes here read the peer certificate ONCE per connection (``connection_made``, after the
+handshake) and put it in every request's scope as the ASGI TLS extension
+(https://asgi.readthedocs.io/en/latest/specs/tls.html)::
+
+    scope["extensions"]["tls"] = {
+        "server_cert": None,
+        "client_cert_chain": ["-----BEGIN CERTIFICATE-----...", ...],  # leaf first; [] if none
+        "client_cert_name": "serialNumber=000.00.00.H49,CN=...,O=...,C=VN",
+        "client_cert_error": None,
+        "tls_version": 0x0304,
+        "cipher_suite": 0x1302,
+    }
+
+:mod:`gateway.identity` turns that into an :class:`~gateway.identity.Identity`.
+
+Two deployments (docs/transport.md):
+
+* ``[tls] cert`` set: HTTPS here, client certificate OPTIONAL at the handshake (so
+  ``/healthz`` answers without one) and verified against ``[tls] client_ca`` (default: the
+  ``[trust]`` anchors and intermediates); routes demand an identity themselves.
+* ``[tls] cert`` unset: plain HTTP behind a TLS-terminating proxy, allowed only when
+  ``[tls] trusted_proxies`` is set; the proxy's certificate header is then believed from
+  those addresses only.
+
+Usage::
+
+    run(app, settings)                      # blocking; what `gateway serve` calls
+    uvicorn.Server(make_config(app, settings)).run()
+
+.. warning:: uvicorn's ``proxy_headers`` is switched off: with it on, any client could claim
+   a trusted proxy's address in ``X-Forwarded-For`` and have its certificate header believed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import uvicorn
+from cryptography import x509
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.binding import rfc4514_name
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+__all__ = [
+    "GatewayServer",
+    "TLSH11Protocol",
+    "TLSHttpToolsProtocol",
+    "make_config",
+    "make_ssl_context",
+    "run",
+    "tls_extension",
+]
+
+#: seconds an idle keep-alive connection stays open: a new TLS handshake costs ~5 ms
+KEEP_ALIVE_SECONDS: Final = 30
+
+_TLS_VERSIONS: Final = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+Scope = MutableMapping[str, Any]
+
+
+# --- the TLS extension -----------------------------------------------------------------------
+
+
+def tls_extension(transport: Any) -> dict[str, Any] | None:
+    """The ASGI ``tls`` extension for one connection, or None when it is not TLS.
+
+    Usage: ``tls_extension(transport)`` in a protocol's ``connection_made``.
+
+    The peer certificate has already been verified by the TLS library against the client CAs
+    (a certificate that fails is refused at the handshake), so ``client_cert_error`` is
+    always None. Before Python 3.13 only the leaf is available, not the rest of the chain the
+    client sent.
+    """
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    chain: list[str] = []
+    name: str | None = None
+    if der:
+        ders = [der]
+        sent = getattr(ssl_object, "get_unverified_chain", None)  # Python 3.13+
+        if sent is not None:
+            extra = [c for c in (sent() or []) if isinstance(c, bytes) and c != der]
+            ders += extra
+        chain = [ssl.DER_cert_to_PEM_cert(d) for d in ders]
+        name = rfc4514_name(x509.load_der_x509_certificate(der).subject)
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": name,
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": _cipher_suites().get(cipher[0]) if cipher else None,
+    }
+
+
+@functools.cache
+def _cipher_suites() -> dict[str, int]:
+    """OpenSSL cipher name -> IANA 16-bit cipher suite value (what the ASGI spec asks for)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with contextlib.suppress(ssl.SSLError):
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    return {c["name"]: c["id"] & 0xFFFF for c in context.get_ciphers()}
+
+
+def _per_request(tls: dict[str, Any]) -> dict[str, Any]:
+    # a fresh dict (and list) per request: an app that edits its scope cannot change the
+    # identity seen by the next request on the same connection
+    return {**tls, "client_cert_chain": list(tls["client_cert_chain"])}
+
+
+class TLSHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, adding the ASGI ``tls`` extension to each request scope.
+
+    Usage: ``uvicorn.Config(app, http=TLSHttpToolsProtocol, ...)`` (done by
+    :func:`make_config`).
+    """
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._tls = tls_extension(transport)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            scope: Scope = self.scope  # type: ignore[assignment]
+            scope.setdefault("extensions", {})["tls"] = _per_request(self._tls)
+
+
+class TLSH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, adding the ASGI ``tls`` extension to each request scope.
+
+    Usage: ``make_config(app, settings, http="h11")``. h11 builds the scope and starts the
+    request in one step, so the extension is added by wrapping this connection's app.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        tls = tls_extension(transport)
+        if tls is not None:
+            self.app = _with_tls(self.app, tls)
+
+
+def _with_tls(app: Any, tls: dict[str, Any]) -> Any:
+    async def with_tls(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope.setdefault("extensions", {})["tls"] = _per_request(tls)
+        await app(scope, receive, send)
+
+    return with_tls
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context from ``[tls]``, or None for plain HTTP behind a trusted proxy.
+
+    Usage: ``context = make_ssl_context(settings)``.
+
+    Client certificates are OPTIONAL at the handshake and, when sent, must chain to
+    ``[tls] client_ca`` (default: ``[trust] anchors`` plus ``[trust] intermediates`` to help
+    build paths); revocation is checked later, by the app. Raises :class:`ConfigError` when a
+    file is unreadable, when no client CA is configured, or when ``[tls] cert`` is unset and no
+    trusted proxy is configured.
+    """
+    tls = settings.tls
+    if tls.cert is None:
+        if not tls.trusted_proxies:
+            raise ConfigError(
+                "[tls] cert is unset and [tls] trusted_proxies is empty: refusing to serve plain "
+                "HTTP; set [tls] cert and key, or run behind a TLS-terminating proxy and list it "
+                "in [tls] trusted_proxies",
+                detail={"key": "tls.cert"},
+            )
+        return None
+    client_cas = list(tls.client_ca) or [*settings.trust.anchors, *settings.trust.intermediates]
+    if not client_cas:
+        raise ConfigError(
+            "no CA to verify client certificates: set [tls] client_ca or [trust] anchors",
+            detail={"key": "tls.client_ca"},
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_OPTIONAL
+    # A client chain must end at a self-signed CA we loaded; an intermediate loaded only to
+    # help build paths must not become an anchor by itself.
+    context.verify_flags &= ~getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the server certificate {tls.cert} / key {tls.key}: {exc}",
+            detail={"key": "tls.cert"},
+        ) from None
+    for path in client_cas:
+        try:
+            context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the client CA file {path}: {exc}", detail={"key": "tls.client_ca"}
+            ) from None
+    return context
+
+
+def make_config(
+    app: Any, settings: Settings, *, http: Literal["httptools", "h11"] = "httptools"
+) -> uvicorn.Config:
+    """The uvicorn configuration of a gateway listener (TLS, protocol class, keep-alive).
+
+    Usage: ``uvicorn.Server(make_config(app, settings)).run()``.
+
+    uvloop event loop, httptools parser with the ``tls`` extension, keep-alive on
+    (:data:`KEEP_ALIVE_SECONDS`), no websockets, and uvicorn's ``X-Forwarded-*`` handling OFF
+    (``scope["client"]`` is always the TCP peer: :mod:`gateway.identity` relies on it). Logging
+    is left to the process (uvicorn does not install its own configuration).
+    """
+    context = make_ssl_context(settings)
+    protocol = TLSHttpToolsProtocol if http == "httptools" else TLSH11Protocol
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        http=protocol,
+        loop="uvloop",
+        ws="none",
+        lifespan="on",
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        log_config=None,
+        log_level=settings.logging.level,
+        ssl_context_factory=((lambda _config, _default: context) if context is not None else None),
+    )
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, writing a ready file once it listens.
+
+    Usage: ``GatewayServer(make_config(app, settings), ready_file=Path("ready.json")).run()``.
+
+    The ready file holds ``{"pid", "host", "port", "scheme"}``; it is written atomically after
+    the socket is listening and removed when the server stops.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, ready_file: Path | None = None) -> None:
+        super().__init__(config)
+        self.ready_file = ready_file
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.ready_file is not None:
+            _write_ready(self.ready_file, self)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.ready_file is not None:
+                self.ready_file.unlink(missing_ok=True)
+
+
+def run(app: Any, settings: Settings, *, ready_file: Path | None = None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (blocking): what ``gateway serve`` calls.
+
+    Usage: ``run(create_app(settings), settings, ready_file=Path("/run/gateway.ready"))``.
+
+    Raises :class:`ConfigError` before binding anything when ``[tls]`` is inconsistent (see
+    :func:`make_ssl_context`).
+    """
+    GatewayServer(make_config(app, settings), ready_file=ready_file).run()
+
+
+def _write_ready(path: Path, server: uvicorn.Server) -> None:
+    sock = server.servers[0].sockets[0]
+    host, port = sock.getsockname()[:2]
+    info = {
+        "pid": os.getpid(),
+        "host": host,
+        "port": port,
+        "scheme": "https" if server.config.is_ssl else "http",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(info, out)
+    os.replace(tmp, path)
