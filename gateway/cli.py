@@ -228,7 +228,7 @@ def serve(config: Path) -> None:
     from gateway import db, schema, server
     from gateway.api import create_app
     from gateway.logs import configure
-    from gateway.node import Node
+    from gateway.node import Node, record_start
     from gateway.scheduler import checkpoint_now, start
 
     settings = _settings(config)
@@ -238,6 +238,7 @@ def serve(config: Path) -> None:
         db.require_current(engine, config=config)
         node = Node.from_settings(settings, engine)
         schema.check_schemas()  # compile both validators now, not on the first refusal
+        record_start(node)
     except GatewayError as exc:
         _fail_usage(exc)
     scheduler = start(node)

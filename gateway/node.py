@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from gateway import db
+from gateway import __version__, audit, db
 from gateway.agency import AgencyCode
 from gateway.errors import ConfigError, RecipientUnreachable
 from gateway.nodekey import NodeKey
 from gateway.settings import Settings
+from gateway.tables import audit_log
 from gateway.trust import TrustStore
 from gateway.verification import Verifier, VerifyPolicy
 
-__all__ = ["LOCAL", "Node", "Router"]
+__all__ = ["LOCAL", "Node", "Router", "record_start"]
 
 #: ``deliveries.next_hop`` of a recipient hosted by this node
 LOCAL = "local"
@@ -115,3 +119,37 @@ class Node:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+
+def record_start(node: Node) -> bool:
+    """Audit the node's start, and a config change when the settings differ from last start.
+
+    Returns True when the settings changed since the previous start.
+    """
+    digest = hashlib.sha256(repr(node.settings).encode("utf-8")).hexdigest()
+    actor = f"node:{node.name}"
+    with node.engine.begin() as conn:
+        previous = conn.execute(
+            select(audit_log.c.data)
+            .where(audit_log.c.event == "start")
+            .order_by(audit_log.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        before = json.loads(previous).get("config_sha256") if previous else None
+        changed = before is not None and before != digest
+        if changed:
+            audit.append(
+                conn,
+                event="config_change",
+                actor=actor,
+                subject="settings",
+                data={"from_sha256": before, "to_sha256": digest},
+            )
+        audit.append(
+            conn,
+            event="start",
+            actor=actor,
+            subject=None,
+            data={"version": __version__, "config_sha256": digest},
+        )
+    return changed

@@ -130,7 +130,7 @@ crls = ["{pki.ca.crl}"]
 intermediates = ["{pki.ca.intermediate_cert}"]
 
 [limits]
-max_envelope_bytes = 2000000
+max_envelope_bytes = 60000000
 max_recipients = 5
 
 [audit]

@@ -5,15 +5,26 @@ Runs on SQLite, and on PostgreSQL when GATEWAY_TEST_POSTGRES_URL is set.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import os
+import ssl
 import subprocess
+from pathlib import Path
 
 import factory
+import httpx
 import pytest
 from harness import GATEWAY, H49, H49_A, H49_B, RunningNode
-from support import ATTACKS, INTEROP
+from sqlalchemy import select, update
+from support import ATTACKS, INTEROP, DevPKI
 
+from gateway import db
+from gateway.pki import revoke
 from gateway.receipts import verify_receipt
+from gateway.settings import load_settings
+from gateway.tables import audit_log
 from gateway.trust import TrustStore
 
 
@@ -185,7 +196,7 @@ def test_bad_input_is_refused_with_its_code_and_nothing_stored(
     elif case == "recipient nobody serves":
         body = signed_doc(node, agency, ["000.00.00.G12"])
     elif case == "oversize":
-        body = b"<edXML>" + b" " * 2_100_000 + b"</edXML>"
+        body = b"<edXML>" + b" " * 60_000_001 + b"</edXML>"
     else:
         body = factory.signed(
             factory.status(agency, sender=recipient, document_id="x", code="01"), node.key(agency)
@@ -219,7 +230,82 @@ def test_readyz_and_openapi(node: RunningNode) -> None:
 
 def test_audit_log_verifies_and_catches_tampering(node: RunningNode) -> None:
     push(node, H49_A, signed_doc(node, H49_A, [H49_B]))
-    done = subprocess.run(
-        [GATEWAY, "audit", "verify", "--config", str(node.config)], capture_output=True, text=True
-    )
+
+    def audit_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [GATEWAY, "audit", "verify", "--config", str(node.config), "--json"],
+            capture_output=True,
+            text=True,
+        )
+
+    done = audit_verify()
     assert done.returncode == 0, done.stdout + done.stderr
+    engine = db.make_engine(load_settings(node.config, environ={}))
+    with engine.begin() as conn:
+        seq, data = conn.execute(
+            select(audit_log.c.seq, audit_log.c.data).where(audit_log.c.event == "ingest").limit(1)
+        ).one()
+        conn.execute(
+            update(audit_log).where(audit_log.c.seq == seq).values(data=data.replace("H49", "H50"))
+        )
+    try:
+        broken = audit_verify()
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert json.loads(broken.stdout)["first_broken_seq"] == seq
+    finally:
+        with engine.begin() as conn:
+            conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(data=data))
+        engine.dispose()
+    assert audit_verify().returncode == 0
+
+
+def test_revoked_client_certificate_is_refused(node: RunningNode) -> None:
+    """A revoked agency certificate: the TLS handshake passes (OpenSSL reads no CRL), the app
+    refuses with 401 once the node has loaded the new CRL (at start)."""
+    revoked = "000.00.03.H49"
+    issued = node.pki.issue(revoked)
+    revoke(node.pki.directory, issued.serial)
+    node.stop()
+    node.start()
+    response = node.client(revoked).get("/api/v1/inbox")
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "AUTH_CERT_UNTRUSTED"
+
+
+def test_client_certificate_from_an_untrusted_ca_fails_the_handshake(
+    node: RunningNode, other_pki: DevPKI
+) -> None:
+    stranger = other_pki.issue(H49_A)
+    context = ssl.create_default_context(cafile=str(node.pki.ca.root_cert))
+    context.load_cert_chain(str(stranger.cert), str(stranger.key))
+    with (
+        httpx.Client(base_url=node.base_url, verify=context, timeout=10) as client,
+        pytest.raises(httpx.TransportError),
+    ):
+        client.get("/api/v1/inbox")
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_50_mb_envelope_is_accepted_in_a_small_multiple_of_its_size(
+    node: RunningNode,
+) -> None:
+    attachment = base64.b64encode(os.urandom(37 * 1024 * 1024)).decode()
+    unsigned = factory.document(H49_A, [H49_B]).replace(b"UEsDBBQAAAAIAA==", attachment.encode(), 1)
+    body = factory.signed(unsigned, node.key(H49_A))
+    assert len(body) > 49_000_000
+    assert node.process is not None
+    before = _peak_rss(node.process.pid)
+    response = push(node, H49_A, body)
+    assert response.status_code == 202, response.text[:500]
+    growth = _peak_rss(node.process.pid) - before
+    multiple = growth / len(body)
+    print(f"50 MB envelope: {len(body)} bytes, node peak RSS grew {growth} bytes = {multiple:.1f}x")
+    assert multiple < 12, f"peak memory grew {multiple:.1f}x the envelope size"
+    fetched = node.client(H49_B).get(f"/api/v1/documents/{response.json()['id']}")
+    assert hashlib.sha256(fetched.content).digest() == hashlib.sha256(body).digest()

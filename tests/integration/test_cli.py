@@ -181,3 +181,34 @@ def test_bench_prints_its_figures() -> None:
     for row in ("5 KB sign", "5 KB verify", "1 MB sign", "1 MB verify"):
         assert row in " ".join(done.stdout.split()), row
     assert "parse + structure + XSD + signature + chain + CRL" in done.stdout
+
+
+def test_serve_refuses_an_unmigrated_database_and_names_the_fix(
+    tmp_path: Path, pki: DevPKI
+) -> None:
+    node = pki.issue("cli-node")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[node]
+name = "cli-node"
+agencies = ["{G22}"]
+key = "{node.key}"
+cert = "{node.cert}"
+[tls]
+cert = "{node.cert}"
+key = "{node.key}"
+[trust]
+anchors = ["{pki.ca.root_cert}"]
+[database]
+url = "sqlite:///fresh.db"
+""",
+        encoding="utf-8",
+    )
+    done = run("serve", "--config", config)
+    assert done.returncode == 2
+    assert "DATABASE_NOT_MIGRATED" in done.stderr
+    assert f"gateway db upgrade --config {config}" in done.stderr
+    upgraded = run("db", "upgrade", "--config", config)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert run("db", "current", "--config", config).returncode == 0
