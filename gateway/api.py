@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__, audit
 from gateway.errors import AuthError, BodyTooLarge, GatewayError, RequestError
@@ -107,6 +108,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: the two ingest routes take the raw package as an application/xml body and answer 202
+_INGEST_ROUTE: dict[str, Any] = {
+    "status_code": 202,
+    "response_model": AcceptedBody,
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {_XML: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+}
+
+
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes ``limit`` bytes (never held whole)."""
     declared = request.headers.get("content-length")
@@ -159,6 +173,13 @@ def create_app(node: Node) -> FastAPI:
             await run_in_threadpool(_audit_auth_failure, node, request, exc)
         return JSONResponse(exc.to_dict(), status_code=exc.http_status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own 404/405 (unknown path, method not allowed) in our error shape too.
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        body = {"code": code, "message": str(exc.detail), "detail": {}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = RequestError(
@@ -194,36 +215,14 @@ def create_app(node: Node) -> FastAPI:
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.post(
-        "/api/v1/documents",
-        status_code=202,
-        response_model=AcceptedBody,
-        tags=["documents"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {_XML: {"schema": {"type": "string", "format": "binary"}}},
-            }
-        },
-    )
+    @app.post("/api/v1/documents", tags=["documents"], **_INGEST_ROUTE)
     async def post_document(request: Request, caller: Caller) -> AcceptedBody:
         """Submit a signed edXML document package (the body is the package bytes)."""
         data = await _body(request, limit)
         accepted = await run_in_threadpool(ingest_document, node, data, caller=caller)
         return accepted_body(request, accepted)
 
-    @app.post(
-        "/api/v1/statuses",
-        status_code=202,
-        response_model=AcceptedBody,
-        tags=["statuses"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {_XML: {"schema": {"type": "string", "format": "binary"}}},
-            }
-        },
-    )
+    @app.post("/api/v1/statuses", tags=["statuses"], **_INGEST_ROUTE)
     async def post_status(request: Request, caller: Caller) -> AcceptedBody:
         """Submit a signed edXML status package (01-06, 13, 15, 16) about a document."""
         data = await _body(request, limit)
@@ -234,7 +233,7 @@ def create_app(node: Node) -> FastAPI:
     async def inbox(
         caller: Caller,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     ) -> InboxBody:
         """Packages waiting for the calling agency, oldest first, paged."""
         page = await run_in_threadpool(list_inbox, node, caller, limit=limit, after=after)

@@ -1,4 +1,4 @@
-"""Structured logs: JSON, one event per line, on stderr.
+"""Structured logs: JSON, one event per line, on stderr (ours, uvicorn's and APScheduler's).
 
 Usage::
 
@@ -27,18 +27,39 @@ _LEVELS = {
 
 
 def configure(level: str = "info") -> None:
-    """Route structlog (and the stdlib loggers of uvicorn and friends) to JSON on stderr."""
+    """Render structlog events and stdlib records (uvicorn, APScheduler) as JSON on stderr."""
     number = _LEVELS[level]
-    logging.basicConfig(stream=sys.stderr, level=number, format="%(message)s", force=True)
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(number)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "apscheduler"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # APScheduler logs every job run at INFO: noise, not events.
+    logging.getLogger("apscheduler").setLevel(max(number, logging.WARNING))
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
