@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import ssl
+import statistics
 import subprocess
 import threading
 import time
@@ -50,10 +51,15 @@ PUSHERS = 3
 #: how many times the node is killed, and the delay before each kill (seconds)
 KILLS = (3, 5)
 DELAYS = (0.2, 1.5)
+#: once a push is out, the kill comes this much later (seconds; an ingest takes 10-30 ms)
+JITTER = (0.0, 0.012)
 #: the whole push phase must end within this many seconds
 PUSH_DEADLINE = 90.0
-#: pause between re-sends while the node is down (it restarts in about a second)
+#: pause between re-sends while the node is down (it restarts in a second or two)
 RETRY_PAUSE = 0.05
+#: the pushes are spread over the kill schedule plus this many seconds, so that every kill
+#: lands while documents are still being pushed (a node takes 60-150 documents a second)
+TAIL = 2.0
 
 
 @dataclass
@@ -70,6 +76,10 @@ class Push:
     transport_errors: int = 0
     #: every answer other than 202, as "status code"
     refusals: list[str] = field(default_factory=list)
+    #: a request is out, not answered yet
+    sending: bool = False
+    #: how long the answered request took (seconds)
+    latency: float = 0.0
 
     @property
     def acknowledged(self) -> bool:
@@ -80,10 +90,27 @@ class Push:
 class Kills:
     """What the killer thread did."""
 
-    #: (seconds since the push phase began, documents acknowledged by then) per kill
-    moments: list[tuple[float, int]] = field(default_factory=list)
+    #: per kill: seconds since the push phase began, documents acknowledged by then, and
+    #: requests out at that moment
+    moments: list[tuple[float, int, int]] = field(default_factory=list)
     #: seconds each restart took
     restarts: list[float] = field(default_factory=list)
+
+
+class Pacer:
+    """Releases one push every ``interval`` seconds at most, whatever the number of threads."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            at = max(self._next, now)  # no burst after a restart: the node was down, not idle
+            self._next = at + self.interval
+        time.sleep(at - now)
 
 
 # --- the node ------------------------------------------------------------------------------
@@ -177,6 +204,8 @@ def _prepare(node: RunningNode, count: int) -> list[Push]:
 def _push_until_answered(client: httpx.Client, push: Push, deadline: float) -> None:
     """Send ``push.body`` until the node answers it (the same bytes every time)."""
     while time.monotonic() < deadline:
+        push.sending = True
+        sent_at = time.monotonic()
         try:
             response = client.post(
                 "/api/v1/documents",
@@ -187,6 +216,9 @@ def _push_until_answered(client: httpx.Client, push: Push, deadline: float) -> N
             push.transport_errors += 1
             time.sleep(RETRY_PAUSE)
             continue
+        finally:
+            push.sending = False
+        push.latency = time.monotonic() - sent_at
         if response.status_code == 202:
             answer = response.json()
             push.ids.append(answer["id"])
@@ -203,12 +235,14 @@ def _pusher(
     node: RunningNode,
     queue: list[Push],
     lock: threading.Lock,
+    pacer: Pacer,
     deadline: float,
     failures: list[BaseException],
 ) -> None:
     try:
         with _client(node, H49_A) as client:
             while True:
+                pacer.wait()
                 with lock:
                     if not queue:
                         return
@@ -221,6 +255,7 @@ def _pusher(
 def _killer(
     node: RunningNode,
     delays: list[float],
+    jitters: list[float],
     pushes: list[Push],
     started: float,
     done: threading.Event,
@@ -228,13 +263,20 @@ def _killer(
     failures: list[BaseException],
 ) -> None:
     try:
-        for delay in delays:
+        for delay, jitter in zip(delays, jitters, strict=True):
             if done.wait(delay):
                 return  # every document was answered before this kill was due
+            # the moment: while a push is being handled (the node is not idle), at a random
+            # point of it (reading, verifying, storing, committing, answering)
+            waited = time.monotonic()
+            while not any(p.sending for p in pushes) and time.monotonic() - waited < 1.0:
+                if done.wait(0.002):
+                    return
+            time.sleep(jitter)
+            out = sum(p.sending for p in pushes)
             _kill(node)
-            kills.moments.append(
-                (time.monotonic() - started, sum(p.acknowledged for p in pushes))
-            )
+            moment = time.monotonic() - started
+            kills.moments.append((moment, sum(p.acknowledged for p in pushes), out))
             began = time.monotonic()
             node.start()
             kills.restarts.append(time.monotonic() - began)
@@ -249,7 +291,7 @@ def _inbox(client: httpx.Client) -> list[dict[str, object]]:
     items: list[dict[str, object]] = []
     after = 0
     for _ in range(1000):
-        response = client.get("/api/v1/inbox", params={"limit": 500, "after": after})
+        response = client.get("/api/v1/inbox", params={"limit": 50, "after": after})
         assert response.status_code == 200, response.text
         page = response.json()
         items += page["items"]
@@ -259,8 +301,8 @@ def _inbox(client: httpx.Client) -> list[dict[str, object]]:
     raise AssertionError("the inbox never ends")
 
 
-def _half_stored(engine: Engine, sent: dict[str, bytes]) -> list[str]:
-    """Every stored document that is not whole, and every piece without its document."""
+def _half_stored(engine: Engine, sent: dict[str, bytes]) -> tuple[int, list[str]]:
+    """How many documents are stored; every one not whole, and every piece without its own."""
     problems: list[str] = []
     with engine.connect() as conn:
         docs = conn.execute(
@@ -310,7 +352,7 @@ def _half_stored(engine: Engine, sent: dict[str, bytes]) -> list[str]:
         problems.append(f"deliveries/events for document seq {seq}, which is not stored")
     for subject in sorted(set(audited) - ids, key=str):
         problems.append(f"audit entry 'ingest' for {subject}, which is not stored")
-    return problems
+    return len(docs), problems
 
 
 def _reader(url: str) -> Engine:
@@ -330,9 +372,12 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
     seed = int(os.environ.get("GATEWAY_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
     delays = [rng.uniform(*DELAYS) for _ in range(rng.randint(*KILLS))]
+    jitters = [rng.uniform(*JITTER) for _ in delays]
+    print(f"crash[{crash_node.engine}] seed={seed}: {len(delays)} kills planned")
     pushes = _prepare(node, DOCUMENTS)
     queue = list(reversed(pushes))  # popped from the end: sent in order
     lock = threading.Lock()
+    pacer = Pacer((sum(delays) + TAIL) / len(pushes))
     failures: list[BaseException] = []
     kills = Kills()
     done = threading.Event()
@@ -340,13 +385,13 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
     deadline = started + PUSH_DEADLINE
     pushers = [
         threading.Thread(
-            target=_pusher, args=(node, queue, lock, deadline, failures), name=f"pusher-{i}"
+            target=_pusher, args=(node, queue, lock, pacer, deadline, failures), name=f"pusher-{i}"
         )
         for i in range(PUSHERS)
     ]
     killer = threading.Thread(
         target=_killer,
-        args=(node, delays, pushes, started, done, kills, failures),
+        args=(node, delays, jitters, pushes, started, done, kills, failures),
         name="killer",
     )
     for thread in [*pushers, killer]:
@@ -356,10 +401,10 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
     done.set()
     killer.join(timeout=60)
     pushed_in = time.monotonic() - started
-    assert not any(t.is_alive() for t in [*pushers, killer]), "a thread did not finish"
-    assert not failures, failures
-    if node.process is None or node.process.poll() is not None:
-        node.start()  # a kill's restart failed part way: the count needs a running node
+    where = f"crash[{crash_node.engine}] seed={seed}"
+    assert not any(t.is_alive() for t in [*pushers, killer]), f"{where}: a thread is stuck"
+    assert not failures, f"{where}: {failures!r}"
+    assert node.process is not None and node.process.poll() is None, f"{where}: node is down"
 
     # --- count, as the recipient sees it
     acknowledged = [p for p in pushes if p.acknowledged]
@@ -383,7 +428,7 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
     node.stop()
     reader = _reader(crash_node.database_url)
     try:
-        problems = _half_stored(reader, {p.document_id: p.body for p in pushes})
+        stored, problems = _half_stored(reader, {p.document_id: p.body for p in pushes})
     finally:
         reader.dispose()
     verified = subprocess.run(
@@ -398,10 +443,12 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
         f"acknowledged={len(acknowledged)} present={present} intact={intact} "
         f"duplicated={duplicated} lost={lost} half_stored={len(problems)}"
     )
+    latency = statistics.median(p.latency for p in acknowledged) if acknowledged else 0.0
     detail = (
         f"crash[{crash_node.engine}] pushed_in={pushed_in:.1f}s "
-        f"kill_moments={[f'{t:.1f}s@{n}' for t, n in kills.moments]} "
+        f"kills_at={[f'{t:.1f}s/{n}acked/{o}out' for t, n, o in kills.moments]} "
         f"restarts={[f'{r:.1f}s' for r in kills.restarts]} "
+        f"stored={stored} median_202_latency={latency * 1000:.0f}ms "
         f"resent={sum(p.transport_errors for p in pushes)} "
         f"repeat_202s={sum(p.repeats for p in pushes)} "
         f"audit_verify_exit={verified.returncode}"
@@ -414,4 +461,5 @@ def test_documents_survive_sigkill(crash_node: CrashNode) -> None:
     assert len(acknowledged) == len(pushes), message
     assert present == intact == len(acknowledged), message
     assert duplicated == lost == len(problems) == 0, message
+    assert stored == len(acknowledged), message
     assert verified.returncode == 0, message + verified.stderr
