@@ -189,6 +189,7 @@ def _store(
                         subject=found.id,
                         data={"sha256": sha256},
                     )
+                    log.info("ingest.repeat", doc=found.id, actor=actor, sha256=sha256)
                     return found
                 return _insert(node, conn, data, caller, verified, plan(conn), key, sha256)
         except GatewayError as exc:
