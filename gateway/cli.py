@@ -276,6 +276,40 @@ def bench_envelopes(seconds: float) -> None:
     run_envelope_bench(seconds)
 
 
+@bench.command("node")
+@click.option("--documents", default=3000, show_default=True, help="Documents pushed (timed).")
+@click.option(
+    "--clients", default=16, show_default=True, help="Concurrent keep-alive HTTPS clients."
+)
+@click.option(
+    "--client-processes", default=1, show_default=True, help="Processes the clients run in."
+)
+@click.option(
+    "--floor-documents",
+    default=1000,
+    show_default=True,
+    help="Documents ingested in-process for the floor.",
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep PKI, configs, databases and logs here.",
+)
+def bench_node(
+    documents: int, clients: int, client_processes: int, floor_documents: int, keep: Path | None
+) -> None:
+    """A real node over HTTPS (docs/s, p50/p99, CPU/doc) against the in-process floor."""
+    from gateway.bench_node import run_node_bench
+
+    run_node_bench(
+        documents,
+        clients,
+        client_processes=client_processes,
+        floor_documents=floor_documents,
+        keep=keep,
+    )
+
+
 def _register_groups() -> None:
     from gateway.cli_audit import audit
     from gateway.cli_db import db
