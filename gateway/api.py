@@ -144,7 +144,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 def _audit_auth_failure(node: Node, request: Request, exc: GatewayError) -> None:
     peer = request.client.host if request.client else "unknown"
-    with node.engine.begin() as conn:
+    with node.writing() as conn:
         audit.append(
             conn,
             event="auth_failure",

@@ -124,7 +124,7 @@ def _visible(node: Node, conn: Any, doc_id: str, agency: str) -> Any:
 def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
     """The exact stored bytes. A recipient's first fetch moves its delivery to ``fetched``."""
     agency = _agency(caller)
-    with node.engine.begin() as conn:
+    with node.writing() as conn:
         row, delivery = _visible(node, conn, doc_id, agency)
         if delivery is not None and delivery.state == TransportState.DELIVERED.value:
             _advance(node, conn, row.seq, agency, TransportState.FETCHED, actor_of(caller))
@@ -137,7 +137,7 @@ def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
 def acknowledge(node: Node, caller: Identity, doc_id: str) -> str:
     """Record that the recipient's DMS has the document; idempotent. Returns the state."""
     agency = _agency(caller)
-    with node.engine.begin() as conn:
+    with node.writing() as conn:
         row, delivery = _visible(node, conn, doc_id, agency)
         if delivery is None:
             raise Forbidden("only a recipient acknowledges a document", detail={"id": doc_id})

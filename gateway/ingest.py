@@ -79,7 +79,7 @@ def actor_of(caller: Identity) -> str:
 def _refuse(node: Node, caller: Identity, error: GatewayError, data: bytes) -> GatewayError:
     """Record the refusal in the audit log (its own transaction) and hand the error back."""
     facts = {"code": error.code, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    with node.engine.begin() as conn:
+    with node.writing() as conn:
         audit.append(conn, event="refuse", actor=actor_of(caller), subject=None, data=facts)
     log.info("ingest.refused", actor=actor_of(caller), code=error.code, size=len(data))
     return error
@@ -160,6 +160,12 @@ def _existing(conn: Connection, key: str, sha256: str) -> Accepted | None:
     )
 
 
+#: built once: SQLAlchemy compiles a statement per distinct construct, not per row
+_INSERT_DOCUMENT = documents.insert().returning(documents.c.seq)
+_INSERT_DELIVERIES = deliveries.insert()
+_INSERT_EVENTS = events.insert()
+
+
 def _store(
     node: Node,
     data: bytes,
@@ -170,52 +176,16 @@ def _store(
     """One transaction: document row, deliveries, events, audit entry. Idempotent on repeat.
 
     ``plan`` runs inside the transaction (a status is checked against the timeline as it is
-    when the row is written, not as it was a moment before).
+    when the row is written, not as it was a moment before). Everything that needs no database
+    (hashing, the signed receipt, JSON) is done before the transaction opens.
     """
     package = verified.package
     sha256 = hashlib.sha256(data).hexdigest()
     document_id = package.document_id if isinstance(package, DocumentPackage) else None
     key = _dedup_key(package.from_.organ_id, document_id, sha256)
     actor = actor_of(caller)
-    for attempt in (1, 2):
-        try:
-            with node.engine.begin() as conn:
-                found = _existing(conn, key, sha256)
-                if found is not None:
-                    audit.append(
-                        conn,
-                        event="ingest_repeat",
-                        actor=actor,
-                        subject=found.id,
-                        data={"sha256": sha256},
-                    )
-                    log.info("ingest.repeat", doc=found.id, actor=actor, sha256=sha256)
-                    return found
-                return _insert(node, conn, data, caller, verified, plan(conn), key, sha256)
-        except GatewayError as exc:
-            raise _refuse(node, caller, exc, data) from None
-        except IntegrityError:
-            # Two identical packages raced: the loser finds the winner's row on the retry.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _insert(
-    node: Node,
-    conn: Connection,
-    data: bytes,
-    caller: Identity,
-    verified: _Verified,
-    plan: _Plan,
-    key: str,
-    sha256: str,
-) -> Accepted:
-    package = verified.package
     now = node.now()
     gid = node.new_id()
-    actor = actor_of(caller)
-    document_id = package.document_id if isinstance(package, DocumentPackage) else None
     receipt = make_receipt(
         node.key,
         node=node.name,
@@ -227,28 +197,65 @@ def _insert(
         received_at=now.isoformat(),
         received_from=actor,
     )
-    status_code = package.status_code.value if isinstance(package, StatusPackage) else None
-    seq = conn.execute(
-        documents.insert()
-        .values(
-            id=gid,
+    row = {
+        "id": gid,
+        "kind": package.kind.value,
+        "sender": package.from_.organ_id,
+        "document_id": document_id,
+        "dedup_key": key,
+        "sha256": sha256,
+        "size": len(data),
+        "envelope": data,
+        "status_code": package.status_code.value if isinstance(package, StatusPackage) else None,
+        "signer": json.dumps(verified.signer, ensure_ascii=False, sort_keys=True),
+        "signing_time": _signing_time(package),
+        "received_at": now,
+        "received_from": actor,
+        "receipt": json.dumps(receipt, ensure_ascii=False, sort_keys=True),
+    }
+    for attempt in (1, 2):
+        try:
+            with node.writing() as conn:
+                found = _existing(conn, key, sha256)
+                if found is not None:
+                    audit.append(
+                        conn,
+                        event="ingest_repeat",
+                        actor=actor,
+                        subject=found.id,
+                        data={"sha256": sha256},
+                    )
+                else:
+                    recipients = _insert(node, conn, row, plan(conn), actor)
+        except GatewayError as exc:
+            raise _refuse(node, caller, exc, data) from None
+        except IntegrityError:
+            # Two identical packages raced: the loser finds the winner's row on the retry.
+            if attempt == 2:
+                raise
+            continue
+        if found is not None:
+            log.info("ingest.repeat", doc=found.id, actor=actor, sha256=sha256)
+            return found
+        log.info(
+            "ingest.accepted",
+            doc=gid,
             kind=package.kind.value,
             sender=package.from_.organ_id,
-            document_id=document_id,
-            dedup_key=key,
-            sha256=sha256,
+            recipients=recipients,
             size=len(data),
-            envelope=data,
-            subject=plan.subject,
-            status_code=status_code,
-            about_seq=plan.about[0] if plan.about else None,
-            signer=json.dumps(verified.signer, ensure_ascii=False, sort_keys=True),
-            signing_time=_signing_time(package),
-            received_at=now,
-            received_from=actor,
-            receipt=json.dumps(receipt, ensure_ascii=False, sort_keys=True),
         )
-        .returning(documents.c.seq)
+        return Accepted(id=gid, kind=package.kind, receipt=receipt, duplicate=False)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, actor: str) -> int:
+    """Write the prepared document row, its deliveries, events and audit entry; count hops."""
+    now = row["received_at"]
+    status_code = row["status_code"]
+    seq = conn.execute(
+        _INSERT_DOCUMENT,
+        {**row, "subject": plan.subject, "about_seq": plan.about[0] if plan.about else None},
     ).scalar_one()
     rows = []
     timeline = []
@@ -264,44 +271,39 @@ def _insert(
                 "updated_at": now,
                 "attempts": 0,
                 "next_attempt_at": None if hop == LOCAL else now,
+                "last_error": None,
+                "leased_by": None,
+                "lease_until": None,
             }
         )
         timeline.append(_event(seq, recipient, now, "transport", "accepted", node.name, actor))
         if hop == LOCAL:
             timeline.append(_event(seq, recipient, now, "transport", "delivered", node.name, actor))
     if rows:
-        conn.execute(deliveries.insert(), rows)
+        conn.execute(_INSERT_DELIVERIES, rows)
     if plan.about is not None and status_code is not None:
         about_seq, about_recipients = plan.about
         for recipient in about_recipients:
             timeline.append(
                 _event(about_seq, recipient, now, "status", status_code, node.name, actor, seq)
             )
-    conn.execute(events.insert(), timeline)
+    conn.execute(_INSERT_EVENTS, timeline)
     audit.append(
         conn,
         event="ingest" if plan.about is None else "status",
         actor=actor,
-        subject=gid,
+        subject=row["id"],
         data={
-            "kind": package.kind.value,
-            "sender": package.from_.organ_id,
-            "document_id": document_id,
-            "sha256": sha256,
-            "size": len(data),
+            "kind": row["kind"],
+            "sender": row["sender"],
+            "document_id": row["document_id"],
+            "sha256": row["sha256"],
+            "size": row["size"],
             "recipients": [r for r, _ in plan.hops],
             "status_code": status_code,
         },
     )
-    log.info(
-        "ingest.accepted",
-        doc=gid,
-        kind=package.kind.value,
-        sender=package.from_.organ_id,
-        recipients=len(plan.hops),
-        size=len(data),
-    )
-    return Accepted(id=gid, kind=package.kind, receipt=receipt, duplicate=False)
+    return len(plan.hops)
 
 
 def _event(

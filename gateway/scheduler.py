@@ -22,7 +22,7 @@ log = structlog.get_logger("gateway.scheduler")
 
 def checkpoint_now(node: Node) -> int | None:
     """Sign the audit chain's head, if anything was appended since the last checkpoint."""
-    with node.engine.begin() as conn:
+    with node.writing() as conn:
         made = audit.checkpoint(conn, node.key, node.name, at=node.now())
     if made is not None:
         log.info("audit.checkpoint", node=node.name, checkpoint=made)
