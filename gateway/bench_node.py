@@ -54,6 +54,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final
 
 import click
@@ -198,38 +199,19 @@ def _write_config(
     ca: Any,
     log_level: str,
 ) -> Path:
-    hosted = ", ".join(f'"{a}"' for a in agencies)
-    path.write_text(
-        f"""
-[node]
-name = "bench-node"
-tier = "province"
-agencies = [{hosted}]
-key = "{node_key}"
-cert = "{node_cert}"
+    from gateway.devnode import write_node_config
 
-[tls]
-cert = "{node_cert}"
-key = "{node_key}"
-
-[database]
-url = "sqlite:///{database}"
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[trust]
-anchors = ["{ca.root_cert}"]
-crls = ["{ca.crl}"]
-intermediates = ["{ca.intermediate_cert}"]
-
-[logging]
-level = "{log_level}"
-""",
-        encoding="utf-8",
+    issued = SimpleNamespace(key=node_key, cert=node_cert)
+    return write_node_config(
+        path,
+        name="bench-node",
+        agencies=agencies,
+        node=issued,  # type: ignore[arg-type]  # only .key and .cert are read
+        ca=ca,
+        database_url=f"sqlite:///{database}",
+        port=port,
+        extra={"logging": {"level": log_level}},
     )
-    return path
 
 
 def _upgrade(config: Path) -> None:

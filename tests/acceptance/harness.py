@@ -21,6 +21,7 @@ import httpx
 import pytest
 from support import DevPKI, make_pki
 
+from gateway.devnode import write_node_config
 from gateway.signing import SigningKey
 
 GATEWAY = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
@@ -101,47 +102,20 @@ class RunningNode:
 
 
 def write_config(directory: Path, pki: DevPKI, *, port: int, database_url: str) -> Path:
-    node = pki.issue("test-node")
-    config = directory / "node.toml"
-    hosted = ", ".join(f'"{a}"' for a in HOSTED)
-    config.write_text(
-        f"""
-[node]
-name = "test-node"
-tier = "province"
-agencies = [{hosted}]
-key = "{node.key}"
-cert = "{node.cert}"
-
-[tls]
-cert = "{node.cert}"
-key = "{node.key}"
-
-[database]
-url = "{database_url}"
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[trust]
-anchors = ["{pki.ca.root_cert}"]
-crls = ["{pki.ca.crl}"]
-intermediates = ["{pki.ca.intermediate_cert}"]
-
-[limits]
-max_envelope_bytes = 60000000
-max_recipients = 5
-
-[audit]
-checkpoint_interval = 2
-
-[logging]
-level = "info"
-""",
-        encoding="utf-8",
+    return write_node_config(
+        directory / "node.toml",
+        name="test-node",
+        agencies=HOSTED,
+        node=pki.issue("test-node"),
+        ca=pki.ca,
+        database_url=database_url,
+        port=port,
+        extra={
+            "limits": {"max_envelope_bytes": 60_000_000, "max_recipients": 5},
+            "audit": {"checkpoint_interval": 2},
+            "logging": {"level": "info"},
+        },
     )
-    return config
 
 
 def upgrade(config: Path) -> None:

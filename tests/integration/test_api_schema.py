@@ -38,6 +38,7 @@ from support import DevPKI
 
 from gateway import db
 from gateway.api import create_app
+from gateway.devnode import write_node_config
 from gateway.identity import identify
 from gateway.ingest import ingest_document
 from gateway.node import Node
@@ -138,37 +139,15 @@ class ClientCertificate:
 
 
 def _write_config(directory: Path, pki: DevPKI) -> Path:
-    node = pki.issue(NODE_NAME)
-    config = directory / "node.toml"
-    hosted = ", ".join(f'"{a}"' for a in HOSTED)
-    config.write_text(
-        f"""
-[node]
-name = "{NODE_NAME}"
-tier = "province"
-agencies = [{hosted}]
-key = "{node.key}"
-cert = "{node.cert}"
-
-[tls]
-cert = "{node.cert}"
-key = "{node.key}"
-
-[database]
-url = "sqlite:///node.db"
-
-[trust]
-anchors = ["{pki.ca.root_cert}"]
-crls = ["{pki.ca.crl}"]
-intermediates = ["{pki.ca.intermediate_cert}"]
-
-[limits]
-max_envelope_bytes = 200000
-max_recipients = 5
-""",
-        encoding="utf-8",
+    return write_node_config(
+        directory / "node.toml",
+        name=NODE_NAME,
+        agencies=HOSTED,
+        node=pki.issue(NODE_NAME),
+        ca=pki.ca,
+        database_url="sqlite:///node.db",
+        extra={"limits": {"max_envelope_bytes": 200000, "max_recipients": 5}},
     )
-    return config
 
 
 def _pem(pki: DevPKI, name: str) -> str:
