@@ -101,22 +101,19 @@ def list_inbox(node: Node, caller: Identity, *, limit: int = 50, after: int = 0)
     return InboxPage(items=items, next_after=rows[-1].seq if more and rows else None)
 
 
-def _visible(node: Node, conn: Any, doc_id: str, agency: str) -> Any:
+def _visible(conn: Any, doc_id: str, agency: str) -> Any:
+    """The document row and the caller's delivery (None when the caller only sent it)."""
     row = conn.execute(
-        select(documents.c.seq, documents.c.sender, documents.c.envelope).where(
-            documents.c.id == doc_id
-        )
+        select(documents.c.seq, documents.c.sender).where(documents.c.id == doc_id)
     ).first()
     if row is None:
         raise DocumentNotFound(detail={"id": doc_id})
-    if row.sender == agency:
-        return row, None
     delivery = conn.execute(
         select(deliveries.c.id, deliveries.c.state).where(
             and_(deliveries.c.document_seq == row.seq, deliveries.c.recipient == agency)
         )
     ).first()
-    if delivery is None:
+    if delivery is None and row.sender != agency:
         raise DocumentNotFound(detail={"id": doc_id})
     return row, delivery
 
@@ -124,12 +121,18 @@ def _visible(node: Node, conn: Any, doc_id: str, agency: str) -> Any:
 def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
     """The exact stored bytes. A recipient's first fetch moves its delivery to ``fetched``."""
     agency = _agency(caller)
-    with node.writing() as conn:
-        row, delivery = _visible(node, conn, doc_id, agency)
-        if delivery is not None and delivery.state == TransportState.DELIVERED.value:
-            _advance(node, conn, row.seq, agency, TransportState.FETCHED, actor_of(caller))
-            audit.append(conn, event="fetch", actor=actor_of(caller), subject=doc_id, data={})
-    data: bytes = bytes(row.envelope)
+    with node.reader.connect() as conn:  # reading 50 MB must not hold the write lock
+        row, delivery = _visible(conn, doc_id, agency)
+        stored = conn.execute(
+            select(documents.c.envelope).where(documents.c.seq == row.seq)
+        ).scalar_one()
+    data = bytes(stored)
+    if delivery is not None and delivery.state == TransportState.DELIVERED.value:
+        with node.writing() as conn:
+            _, delivery = _visible(conn, doc_id, agency)  # again, under the write lock
+            if delivery.state == TransportState.DELIVERED.value:
+                _advance(node, conn, row.seq, agency, TransportState.FETCHED, actor_of(caller))
+                audit.append(conn, event="fetch", actor=actor_of(caller), subject=doc_id, data={})
     log.info("inbox.fetched", doc=doc_id, agency=agency, size=len(data))
     return data
 
@@ -138,7 +141,7 @@ def acknowledge(node: Node, caller: Identity, doc_id: str) -> str:
     """Record that the recipient's DMS has the document; idempotent. Returns the state."""
     agency = _agency(caller)
     with node.writing() as conn:
-        row, delivery = _visible(node, conn, doc_id, agency)
+        row, delivery = _visible(conn, doc_id, agency)
         if delivery is None:
             raise Forbidden("only a recipient acknowledges a document", detail={"id": doc_id})
         if delivery.state != TransportState.ACKNOWLEDGED.value:

@@ -309,3 +309,14 @@ def test_a_50_mb_envelope_is_accepted_in_a_small_multiple_of_its_size(
     assert multiple < 12, f"peak memory grew {multiple:.1f}x the envelope size"
     fetched = node.client(H49_B).get(f"/api/v1/documents/{response.json()['id']}")
     assert hashlib.sha256(fetched.content).digest() == hashlib.sha256(body).digest()
+
+
+def test_a_document_to_oneself_is_fetched_and_acknowledged_like_any_other(
+    node: RunningNode,
+) -> None:
+    doc_id = push(node, H49, signed_doc(node, H49, [H49])).json()["id"]
+    assert doc_id in inbox_ids(node, H49)
+    assert node.client(H49).get(f"/api/v1/documents/{doc_id}").status_code == 200
+    ack = node.client(H49).post(f"/api/v1/documents/{doc_id}/ack")
+    assert ack.status_code == 200, ack.text
+    assert doc_id not in inbox_ids(node, H49)
