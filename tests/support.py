@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.nodekey import NodeKey
 from gateway.pki import CAPaths, IssuedPaths, init_ca, issue
 from gateway.signing import SigningKey
 from gateway.trust import TrustStore
@@ -39,6 +40,7 @@ class DevPKI:
     ca: CAPaths
     issued: dict[str, IssuedPaths] = field(default_factory=dict)
     _keys: dict[str, SigningKey] = field(default_factory=dict)
+    _node_keys: dict[str, NodeKey] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -57,6 +59,14 @@ class DevPKI:
             paths = self.issue(name, **kwargs)
             self._keys[name] = SigningKey.load(paths.key, paths.cert)
         return self._keys[name]
+
+    def node_key(self, name: str) -> NodeKey:
+        """The NodeKey of an agency or a node; a node named ``*-rsa`` gets RSA-2048, else P-256."""
+        if name not in self._node_keys:
+            key_type = "rsa2048" if name.endswith("-rsa") or name.count(".") == 3 else "ec-p256"
+            paths = self.issue(name, key_type=key_type)
+            self._node_keys[name] = NodeKey.load(paths.key, paths.cert)
+        return self._node_keys[name]
 
     def trust(self, *, with_intermediate: bool = False) -> TrustStore:
         extra = [self.ca.intermediate_cert] if with_intermediate else []

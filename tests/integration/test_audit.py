@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+from support import DevPKI
 
 from gateway.audit import (
     GENESIS_HASH,
@@ -35,7 +36,6 @@ from gateway.audit import (
 from gateway.cli_audit import audit as audit_cli
 from gateway.errors import AuditChainBroken, ConfigError
 from gateway.nodekey import NodeKey
-from gateway.pki import init_ca, issue
 from gateway.tables import audit_checkpoints, audit_log, metadata
 from gateway.trust import TrustStore
 
@@ -117,35 +117,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 # --- keys ----------------------------------------------------------------------------------------
 
 
-class PKI:
-    def __init__(self, directory: Path) -> None:
-        self.ca = init_ca(directory)
-        self._keys: dict[str, NodeKey] = {}
-
-    def key(self, name: str) -> NodeKey:
-        if name not in self._keys:
-            key_type = "rsa2048" if name == RSA_NODE else "ec-p256"
-            paths = issue(self.ca.directory, node=name, key_type=key_type)
-            self._keys[name] = NodeKey.load(paths.key, paths.cert)
-        return self._keys[name]
-
-    def trust(self) -> TrustStore:
-        return TrustStore.from_pem_files([self.ca.root_cert])
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("audit") / "pki")
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("audit-other") / "pki")
-
-
 @pytest.fixture
-def key(pki: PKI) -> NodeKey:
-    return pki.key(NODE)
+def key(pki: DevPKI) -> NodeKey:
+    return pki.node_key(NODE)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -223,7 +197,7 @@ def rewrite_from(engine: Engine, first: int) -> None:
 # --- the chain -----------------------------------------------------------------------------------
 
 
-def test_thousand_appends_verify(engine: Engine, key: NodeKey, pki: PKI) -> None:
+def test_thousand_appends_verify(engine: Engine, key: NodeKey, pki: DevPKI) -> None:
     for part in range(4):
         fill(engine, 250, per_transaction=25, start=part * 250)
         assert make_checkpoint(engine, key) == (part + 1) * 250
@@ -356,10 +330,10 @@ def test_checkpoint_is_written_once_per_head(engine: Engine, key: NodeKey) -> No
 
 @pytest.mark.parametrize("name", [NODE, RSA_NODE])
 def test_checkpoints_verify_with_trust_for_both_key_types(
-    engine: Engine, pki: PKI, name: str
+    engine: Engine, pki: DevPKI, name: str
 ) -> None:
     fill(engine, 5)
-    make_checkpoint(engine, pki.key(name), name)
+    make_checkpoint(engine, pki.node_key(name), name)
     report = check(engine, pki.trust(), node=name)
     assert report.ok, report.problems
 
@@ -373,13 +347,13 @@ def test_checkpoint_refuses_a_node_the_certificate_does_not_bind(
 
 
 def test_checkpoint_with_a_forged_signature_is_caught(
-    engine: Engine, key: NodeKey, pki: PKI
+    engine: Engine, key: NodeKey, pki: DevPKI
 ) -> None:
     fill(engine, 10)
     make_checkpoint(engine, key)
     fill(engine, 10, start=10)
     make_checkpoint(engine, key)
-    forger = pki.key(OTHER_NODE)  # a trusted key, but not this node's
+    forger = pki.node_key(OTHER_NODE)  # a trusted key, but not this node's
     with engine.begin() as conn:
         cp = conn.execute(select(audit_checkpoints).where(audit_checkpoints.c.seq == 20)).one()
         payload = checkpoint_payload(node=cp.node, seq=cp.seq, hash=cp.hash, at=cp.at)
@@ -406,7 +380,7 @@ def test_hand_edited_checkpoint_is_caught(
 
 
 def test_checkpoint_signed_by_a_stranger_is_caught_with_trust(
-    engine: Engine, key: NodeKey, pki: PKI, other_pki: PKI
+    engine: Engine, key: NodeKey, pki: DevPKI, other_pki: DevPKI
 ) -> None:
     fill(engine, 10)
     make_checkpoint(engine, key)
@@ -417,15 +391,15 @@ def test_checkpoint_signed_by_a_stranger_is_caught_with_trust(
     rewrite_from(engine, 14)
     with engine.begin() as conn:
         conn.execute(delete(audit_checkpoints).where(audit_checkpoints.c.seq == 20))
-    make_checkpoint(engine, other_pki.key(NODE))
+    make_checkpoint(engine, other_pki.node_key(NODE))
     assert check(engine).ok  # without trust anchors nothing can tell (documented)
     report = check(engine, pki.trust())
     assert_broken_at(report, 11, "not trusted")
 
 
-def test_checkpoint_of_another_node_is_caught(engine: Engine, pki: PKI) -> None:
+def test_checkpoint_of_another_node_is_caught(engine: Engine, pki: DevPKI) -> None:
     fill(engine, 3)
-    make_checkpoint(engine, pki.key(OTHER_NODE), OTHER_NODE)
+    make_checkpoint(engine, pki.node_key(OTHER_NODE), OTHER_NODE)
     report = check(engine, pki.trust(), node=NODE)
     assert not report.ok
     assert "not by this node" in report.problems[0]
@@ -560,7 +534,7 @@ def test_entry_hash_golden_vector() -> None:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, engine: Engine, pki: PKI | None) -> Path:
+def _config(tmp_path: Path, engine: Engine, pki: DevPKI | None) -> Path:
     url = engine.url.render_as_string(hide_password=False)
     lines = [f'[node]\nname = "{NODE}"\n', f"[database]\nurl = {json.dumps(url)}\n"]
     if pki is not None:
@@ -574,7 +548,7 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(audit_cli, list(args), catch_exceptions=False)
 
 
-def test_cli_verify_ok(engine: Engine, key: NodeKey, pki: PKI, tmp_path: Path) -> None:
+def test_cli_verify_ok(engine: Engine, key: NodeKey, pki: DevPKI, tmp_path: Path) -> None:
     fill(engine, 30)
     make_checkpoint(engine, key)
     result = run_cli("verify", "--config", str(_config(tmp_path, engine, pki)))

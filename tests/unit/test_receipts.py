@@ -7,10 +7,10 @@ import copy
 import datetime as dt
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support import DevPKI
 
 from gateway.errors import (
     CertificateMalformed,
@@ -25,9 +25,7 @@ from gateway.errors import (
     UnsupportedAlgorithm,
 )
 from gateway.nodekey import Algorithm, NodeKey, canonical_json, verify_signature
-from gateway.pki import init_ca, issue
 from gateway.receipts import RECEIPT_FIELDS, make_receipt, verify_receipt
-from gateway.trust import TrustStore
 
 EC_NODE, RSA_NODE = "receipt-ec", "receipt-rsa"
 G22 = "000.00.00.G22"
@@ -36,43 +34,12 @@ BODY = b"<edXML>stored bytes</edXML>"
 WHEN = dt.datetime.now(dt.UTC).replace(microsecond=123456)
 
 
-class PKI:
-    """A dev PKI of this module's own: node keys by name, and its trust store."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ca = init_ca(directory)
-        self._keys: dict[str, NodeKey] = {}
-
-    def key(self, name: str) -> NodeKey:
-        if name not in self._keys:
-            if name.count(".") == 3:
-                paths = issue(self.ca.directory, agency=name)
-            else:
-                key_type = "rsa2048" if name == RSA_NODE else "ec-p256"
-                paths = issue(self.ca.directory, node=name, key_type=key_type)
-            self._keys[name] = NodeKey.load(paths.key, paths.cert)
-        return self._keys[name]
-
-    def trust(self) -> TrustStore:
-        return TrustStore.from_pem_files([self.ca.root_cert])
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("receipts") / "pki")
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("receipts-other") / "pki")
-
-
-def node_key(pki: PKI, name: str) -> NodeKey:
-    return pki.key(name)
+def node_key(pki: DevPKI, name: str) -> NodeKey:
+    return pki.node_key(name)
 
 
 @pytest.fixture(params=[EC_NODE, RSA_NODE])
-def key(request: pytest.FixtureRequest, pki: PKI) -> NodeKey:
+def key(request: pytest.FixtureRequest, pki: DevPKI) -> NodeKey:
     return node_key(pki, request.param)
 
 
@@ -112,7 +79,7 @@ def _bump(text: str) -> str:
 # --- round trips -------------------------------------------------------------------------------
 
 
-def test_receipt_round_trip(key: NodeKey, pki: PKI) -> None:
+def test_receipt_round_trip(key: NodeKey, pki: DevPKI) -> None:
     receipt = receipt_for(key)
     fields = verify_receipt(receipt, pki.trust())
     assert fields == {
@@ -130,14 +97,14 @@ def test_receipt_round_trip(key: NodeKey, pki: PKI) -> None:
     assert set(receipt) == {"receipt", "alg", "signature", "certificate"}
 
 
-def test_receipt_survives_json_storage(key: NodeKey, pki: PKI) -> None:
+def test_receipt_survives_json_storage(key: NodeKey, pki: DevPKI) -> None:
     # the documents table keeps the receipt as JSON text; any key order must still verify
     receipt = receipt_for(key)
     stored = json.dumps(receipt, ensure_ascii=False, indent=1)
     assert verify_receipt(json.loads(stored), pki.trust())["size"] == len(BODY)
 
 
-def test_algorithms_match_key_types(pki: PKI) -> None:
+def test_algorithms_match_key_types(pki: DevPKI) -> None:
     assert node_key(pki, EC_NODE).algorithm is Algorithm.ES256
     assert node_key(pki, RSA_NODE).algorithm is Algorithm.RS256
 
@@ -155,7 +122,7 @@ def test_signature_covers_the_canonical_fields(key: NodeKey) -> None:
     )
 
 
-def test_received_at_is_normalised_to_utc(pki: PKI) -> None:
+def test_received_at_is_normalised_to_utc(pki: DevPKI) -> None:
     key = node_key(pki, EC_NODE)
     hanoi = dt.timezone(dt.timedelta(hours=7))
     aware = receipt_for(key, received_at=dt.datetime(2024, 5, 2, 10, 4, 5, tzinfo=hanoi))
@@ -169,7 +136,7 @@ def test_received_at_is_normalised_to_utc(pki: PKI) -> None:
 
 
 @pytest.mark.parametrize("field", sorted(RECEIPT_FIELDS - {"v", "size"}))
-def test_one_byte_change_in_any_field_fails(key: NodeKey, pki: PKI, field: str) -> None:
+def test_one_byte_change_in_any_field_fails(key: NodeKey, pki: DevPKI, field: str) -> None:
     receipt = receipt_for(key)
     forged = copy.deepcopy(receipt)
     forged["receipt"][field] = _bump(forged["receipt"][field])
@@ -203,7 +170,7 @@ def test_one_byte_change_in_the_signature_fails(key: NodeKey) -> None:
 
 
 @pytest.mark.parametrize("line", [2, 5, 8, 11])
-def test_one_byte_change_in_the_certificate_fails(key: NodeKey, pki: PKI, line: int) -> None:
+def test_one_byte_change_in_the_certificate_fails(key: NodeKey, pki: DevPKI, line: int) -> None:
     receipt = receipt_for(key)
     lines = receipt["certificate"].splitlines()
     lines[line] = _bump(lines[line])
@@ -267,7 +234,7 @@ def test_garbage_certificate_is_refused(key: NodeKey) -> None:
 # --- who signed ----------------------------------------------------------------------------------
 
 
-def test_certificate_from_another_pki_is_untrusted(pki: PKI, other_pki: PKI) -> None:
+def test_certificate_from_another_pki_is_untrusted(pki: DevPKI, other_pki: DevPKI) -> None:
     stranger = node_key(other_pki, EC_NODE)  # same node name, another CA
     receipt = receipt_for(stranger)
     assert verify_receipt(receipt)["node"] == EC_NODE  # signature alone holds...
@@ -275,14 +242,14 @@ def test_certificate_from_another_pki_is_untrusted(pki: PKI, other_pki: PKI) -> 
         verify_receipt(receipt, pki.trust())  # ...but nobody vouches for the key
 
 
-def test_receipt_dated_outside_the_certificate_validity_is_refused(pki: PKI) -> None:
+def test_receipt_dated_outside_the_certificate_validity_is_refused(pki: DevPKI) -> None:
     key = node_key(pki, EC_NODE)
     receipt = receipt_for(key, received_at=dt.datetime(2090, 1, 1, tzinfo=dt.UTC))
     with pytest.raises(CertificateNotValidAtSigning):
         verify_receipt(receipt, pki.trust())
 
 
-def test_receipt_signed_by_another_node_is_refused(pki: PKI) -> None:
+def test_receipt_signed_by_another_node_is_refused(pki: DevPKI) -> None:
     other = node_key(pki, RSA_NODE)
     receipt = receipt_for(other)
     # re-sign fields that claim to come from the EC node with the RSA node's key
@@ -292,8 +259,8 @@ def test_receipt_signed_by_another_node_is_refused(pki: PKI) -> None:
         verify_receipt(receipt, pki.trust())
 
 
-def test_receipt_signed_by_an_agency_certificate_is_refused(pki: PKI) -> None:
-    agency = pki.key(G22)
+def test_receipt_signed_by_an_agency_certificate_is_refused(pki: DevPKI) -> None:
+    agency = pki.node_key(G22)
     fields = receipt_for(node_key(pki, EC_NODE))["receipt"]
     receipt = {
         "receipt": fields,
@@ -305,12 +272,12 @@ def test_receipt_signed_by_an_agency_certificate_is_refused(pki: PKI) -> None:
         verify_receipt(receipt, pki.trust())
 
 
-def test_make_receipt_refuses_a_node_name_the_certificate_does_not_bind(pki: PKI) -> None:
+def test_make_receipt_refuses_a_node_name_the_certificate_does_not_bind(pki: DevPKI) -> None:
     with pytest.raises(ConfigError, match="binds node"):
         receipt_for(node_key(pki, EC_NODE), node="some-other-node")
 
 
-def test_make_receipt_refuses_malformed_fields(pki: PKI) -> None:
+def test_make_receipt_refuses_malformed_fields(pki: DevPKI) -> None:
     key = node_key(pki, EC_NODE)
     with pytest.raises(ValueError, match="sha256"):
         receipt_for(key, sha256="ABC")
@@ -336,7 +303,7 @@ def test_node_key_never_shows_its_key(key: NodeKey) -> None:
         assert "private_key" not in shown
 
 
-def test_certificate_pem_carries_the_chain(key: NodeKey, pki: PKI) -> None:
+def test_certificate_pem_carries_the_chain(key: NodeKey, pki: DevPKI) -> None:
     # the intermediate travels in the receipt, so a verifier needs only the root
     assert key.certificate_pem.count("BEGIN CERTIFICATE") == 2
     verify_receipt(receipt_for(key), pki.trust())
