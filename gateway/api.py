@@ -163,6 +163,7 @@ def create_app(node: Node) -> FastAPI:
         responses=_ERRORS,
     )
     identity = require_identity(node.trust, node.settings)
+    node.on_trust_change(identity.replace_trust)
     Caller = Annotated[Identity, Depends(identity)]
     limit = node.settings.limits.max_envelope_bytes
 

@@ -136,6 +136,12 @@ class ClientAuthenticator:
     async def __call__(self, request: Request) -> Identity:
         return self.identify(request)
 
+    def replace_trust(self, trust: TrustStore) -> None:
+        """Verify against a new trust store (new CRLs, anchors) from now on; forget the cache."""
+        with self._lock:
+            self._trust = trust
+            self._cache.clear()
+
     def identify(self, scope_or_request: Mapping[str, Any] | HTTPConnection) -> Identity:
         """The verified identity of the caller of one request, or an :class:`AuthError`.
 
@@ -219,9 +225,12 @@ class ClientAuthenticator:
             if hit is not None and now < hit[1]:
                 self._cache.move_to_end(key)
                 return hit[0]
+            trust = self._trust
         identity, chain = self._verify(pems, source, peer, now)
         until = min(now + self._ttl, *(c.not_valid_after_utc for c in chain))
         with self._lock:
+            if trust is not self._trust:  # verified on a store replaced meanwhile: don't keep
+                return identity
             self._cache[key] = (identity, until)
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:

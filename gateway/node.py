@@ -61,7 +61,6 @@ class Node:
     settings: Settings
     #: for writes (on SQLite every transaction on it takes the write lock: BEGIN IMMEDIATE)
     engine: Engine
-    trust: TrustStore
     verifier: Verifier
     key: NodeKey
     #: agency codes whose DMS connect here
@@ -69,6 +68,37 @@ class Node:
     route: Router = _no_route
     #: injectable clock (tests)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    #: called with the new store when the trust files change (the API's authenticator)
+    _trust_listeners: list[Callable[[TrustStore], None]] = field(default_factory=list)
+    #: SHA-256 of the trust files' contents as last loaded
+    _trust_digest: list[str] = field(default_factory=list)
+
+    @property
+    def trust(self) -> TrustStore:
+        """The trust anchors, intermediates and CRLs in force."""
+        store = self.verifier.trust
+        assert store is not None
+        return store
+
+    def on_trust_change(self, listener: Callable[[TrustStore], None]) -> None:
+        """Have ``listener`` called with the new store whenever :meth:`reload_trust` swaps it."""
+        self._trust_listeners.append(listener)
+
+    def reload_trust(self) -> bool:
+        """Reload anchors, intermediates and CRLs if their files changed; True when swapped.
+
+        A CA publishes a new CRL; an operator adds an anchor: no restart is needed. Files that
+        cannot be read or parsed leave the store in force untouched (the error is raised).
+        """
+        digest = _trust_digest(self.settings)
+        if self._trust_digest and digest == self._trust_digest[0]:
+            return False
+        store = _load_trust(self.settings)
+        self.verifier.replace_trust(store)
+        for listener in self._trust_listeners:
+            listener(store)
+        self._trust_digest[:] = [digest]
+        return True
 
     @property
     def name(self) -> str:
@@ -110,11 +140,8 @@ class Node:
                 "[node] key and cert are required: the node signs receipts and audit checkpoints",
                 detail={"key": "node.key"},
             )
-        trust = TrustStore.from_pem_files(
-            list(settings.trust.anchors),
-            crls=list(settings.trust.crls),
-            intermediates=list(settings.trust.intermediates),
-        )
+        digest = _trust_digest(settings)
+        trust = _load_trust(settings)
         policy = VerifyPolicy(
             allow_weak_algorithms=settings.verify.allow_weak_algorithms,
             require_revocation_check=settings.verify.require_revocation_check,
@@ -123,11 +150,11 @@ class Node:
         return cls(
             settings=settings,
             engine=engine,
-            trust=trust,
             verifier=Verifier(trust, policy),
             key=NodeKey.load(Path(settings.node.key), Path(settings.node.cert)),
             hosted=frozenset(settings.node.agencies),
             route=route or _no_route,
+            _trust_digest=[digest],
         )
 
     def next_hop(self, recipient: AgencyCode) -> str:
@@ -140,6 +167,29 @@ class Node:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+
+def _trust_files(settings: Settings) -> list[Path]:
+    trust = settings.trust
+    return [*trust.anchors, *trust.intermediates, *trust.crls]
+
+
+def _trust_digest(settings: Settings) -> str:
+    digest = hashlib.sha256()
+    for path in _trust_files(settings):
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"\0missing\0" + str(path).encode())
+    return digest.hexdigest()
+
+
+def _load_trust(settings: Settings) -> TrustStore:
+    return TrustStore.from_pem_files(
+        list(settings.trust.anchors),
+        crls=list(settings.trust.crls),
+        intermediates=list(settings.trust.intermediates),
+    )
 
 
 def record_start(node: Node) -> bool:

@@ -1,4 +1,4 @@
-"""Background jobs of a running node (APScheduler 3.x): audit checkpoints now, delivery later.
+"""Background jobs of a running node (APScheduler 3.x): audit checkpoints, trust reloads.
 
 Usage::
 
@@ -13,9 +13,10 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import audit
+from gateway.errors import GatewayError
 from gateway.node import Node
 
-__all__ = ["checkpoint_now", "start"]
+__all__ = ["checkpoint_now", "reload_trust", "start"]
 
 log = structlog.get_logger("gateway.scheduler")
 
@@ -41,5 +42,34 @@ def start(node: Node) -> BackgroundScheduler:
         max_instances=1,
         coalesce=True,
     )
+    scheduler.add_job(
+        reload_trust,
+        "interval",
+        args=[node],
+        seconds=node.settings.trust.reload_interval,
+        id="trust-reload",
+        max_instances=1,
+        coalesce=True,
+    )
     scheduler.start()
     return scheduler
+
+
+def reload_trust(node: Node) -> bool:
+    """Swap in new CRLs or anchors when their files changed (audited); keep the old on error."""
+    try:
+        changed = node.reload_trust()
+    except GatewayError as exc:
+        log.warning("trust.reload_failed", code=exc.code, message=exc.message)
+        return False
+    if changed:
+        with node.writing() as conn:
+            audit.append(
+                conn,
+                event="trust_reload",
+                actor=f"node:{node.name}",
+                subject="trust",
+                data={"files": len(node.settings.trust.crls) + len(node.settings.trust.anchors)},
+            )
+        log.info("trust.reloaded", node=node.name)
+    return changed

@@ -63,6 +63,9 @@ class TrustSettings:
     crls: tuple[Path, ...] = ()
     #: extra intermediate certificates, for signers that embed only their leaf
     intermediates: tuple[Path, ...] = ()
+    #: seconds between checks of these files: a changed CRL or anchor takes effect without
+    #: a restart
+    reload_interval: int = 300
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -270,8 +271,16 @@ class Verifier:
         self._chains: OrderedDict[tuple[x509.Certificate, ...], list[x509.Certificate]] = (
             OrderedDict()
         )
+        #: guards the chain cache: verifications run in a thread pool
+        self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------------
+
+    def replace_trust(self, trust: TrustStore) -> None:
+        """Use a new trust store (new CRLs, anchors) from now on; forget verified chains."""
+        with self._lock:
+            self.trust = trust
+            self._chains = OrderedDict()
 
     def verify(self, data: bytes, *, now: dt.datetime | None = None) -> VerificationReport:
         """Run every check on package bytes and return the report (never raises GatewayError)."""
@@ -455,22 +464,27 @@ class Verifier:
                 )
             return "the signer's certificate is itself a trust anchor (pinned)"
         key = (leaf, *others)  # certificates hash and compare by their DER
-        cached = self._chains.get(key)
+        trust = self.trust
+        with self._lock:
+            cached = self._chains.get(key)
+            if cached is not None:
+                self._chains.move_to_end(key)
         if cached is not None and all(_within(c, at) for c in cached):
-            self._chains.move_to_end(key)
             chain = cached
         else:
             try:
-                chain = self.trust.verify_chain(leaf, others, at=at)
+                chain = trust.verify_chain(leaf, others, at=at)
             except CertificateNotValidAtSigning:
                 if report.signing_time is None:
                     raise CertificateExpired(
                         "the signer's certificate chain is not valid now"
                     ) from None
                 raise
-            self._chains[key] = chain
-            if len(self._chains) > _CHAIN_CACHE_SIZE:
-                self._chains.popitem(last=False)
+            with self._lock:
+                if trust is self.trust:  # not a chain built on a store replaced meanwhile
+                    self._chains[key] = chain
+                    if len(self._chains) > _CHAIN_CACHE_SIZE:
+                        self._chains.popitem(last=False)
         report.chain = list(chain)
         anchor = _subject(chain[-1])
         return f"chain of {len(chain)} to trust anchor {anchor}"

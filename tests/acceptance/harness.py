@@ -113,6 +113,7 @@ def write_config(directory: Path, pki: DevPKI, *, port: int, database_url: str) 
         extra={
             "limits": {"max_envelope_bytes": 60_000_000, "max_recipients": 5},
             "audit": {"checkpoint_interval": 2},
+            "trust": {"reload_interval": 1},
             "logging": {"level": "info"},
         },
     )

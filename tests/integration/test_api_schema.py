@@ -69,7 +69,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def _openapi() -> dict[str, Any]:
     """The app's OpenAPI document; ``create_app`` reads only these attributes when it builds."""
-    stand_in = SimpleNamespace(name=NODE_NAME, trust=None, settings=Settings())
+    stand_in = SimpleNamespace(
+        name=NODE_NAME, trust=None, settings=Settings(), on_trust_change=lambda _listener: None
+    )
     document: dict[str, Any] = create_app(stand_in).openapi()  # type: ignore[arg-type]
     return document
 
