@@ -33,7 +33,6 @@ log = structlog.get_logger("gateway.inbox")
 
 #: transport states in which a delivery waits in the recipient's inbox
 _WAITING = (TransportState.DELIVERED.value, TransportState.FETCHED.value)
-_ORDER = [s.value for s in TransportState]
 
 
 @dataclass(frozen=True, slots=True)

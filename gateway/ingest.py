@@ -47,7 +47,15 @@ from gateway.errors import (
 from gateway.identity import Identity
 from gateway.node import LOCAL, Node
 from gateway.receipts import make_receipt
-from gateway.status import Timeline, TransportState, apply_status, apply_transport
+from gateway.status import (
+    Event,
+    StatusReport,
+    Timeline,
+    TransportEvent,
+    TransportState,
+    apply_status,
+    replay,
+)
 from gateway.tables import deliveries, documents, events
 from gateway.trust import describe
 
@@ -363,18 +371,18 @@ def ingest_document(node: Node, data: bytes, *, caller: Identity) -> Accepted:
 
 def timeline_of(conn: Connection, document_seq: int, sender: str, recipient: str) -> Timeline:
     """Replay the recorded events of one (document, recipient) into a :class:`Timeline`."""
-    timeline = Timeline.start(sender, recipient)
     rows = conn.execute(
-        select(events.c.kind, events.c.code, events.c.actor)
+        select(events.c.kind, events.c.code, events.c.actor, events.c.node)
         .where(and_(events.c.document_seq == document_seq, events.c.recipient == recipient))
         .order_by(events.c.id)
     )
-    for kind, code, actor in rows:
-        if kind == "transport":
-            timeline = apply_transport(timeline, TransportState(code))
-        else:
-            timeline = apply_status(timeline, StatusCode(code), reporter=actor.split(":", 1)[1])
-    return timeline
+    recorded: list[Event] = [
+        TransportEvent(state=TransportState(code), node=node)
+        if kind == "transport"
+        else StatusReport(code=StatusCode(code), reporter=actor.split(":", 1)[1])
+        for kind, code, actor, node in rows
+    ]
+    return replay(sender, recipient, recorded)
 
 
 def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:

@@ -286,8 +286,19 @@ class TrustStore:
         or not yet valid at ``at``, :class:`CertificateUntrusted` for anything else (unknown
         root, bad signature, CA used as a leaf, wrong key usage); ``detail["reason"]`` says
         which.
+
+        A leaf that is itself an anchor (a pinned certificate, e.g. openssl self-signed) is its
+        own chain ``[leaf]``, checked for validity at ``at`` only: the operator trusts it as is.
         """
         when = _utc(at)
+        if leaf in self.anchors:
+            if not leaf.not_valid_before_utc <= when <= leaf.not_valid_after_utc:
+                raise CertificateNotValidAtSigning(
+                    f"the pinned certificate {rfc4514_name(leaf.subject)} is not valid at "
+                    f"{when.isoformat()}",
+                    detail={"reason": "pinned, outside its validity", "at": when.isoformat()},
+                )
+            return [leaf]
         verifier = (
             PolicyBuilder()
             .store(self._store)

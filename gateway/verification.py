@@ -453,16 +453,6 @@ class Verifier:
     ) -> str:
         if self.trust is None:
             raise CertificateUntrusted("no trust anchors were supplied (--trust CA.pem)")
-        if leaf in self.trust.anchors:
-            # The operator trusts this very certificate (a pinned, often self-signed, signer
-            # certificate, as xmlsec1 --trusted-pem does). It binds at most one agency code,
-            # which the signer_agency check still compares with From.
-            report.chain = [leaf]
-            if not _within(leaf, at):
-                raise CertificateNotValidAtSigning(
-                    f"the pinned signer certificate is not valid at {at.isoformat()}"
-                )
-            return "the signer's certificate is itself a trust anchor (pinned)"
         key = (leaf, *others)  # certificates hash and compare by their DER
         trust = self.trust
         with self._lock:
@@ -486,6 +476,10 @@ class Verifier:
                     if len(self._chains) > _CHAIN_CACHE_SIZE:
                         self._chains.popitem(last=False)
         report.chain = list(chain)
+        if len(chain) == 1:
+            # A pinned signer certificate (as xmlsec1 --trusted-pem trusts one): it binds at
+            # most one agency code, which the signer_agency check still compares with From.
+            return "the signer's certificate is itself a trust anchor (pinned)"
         anchor = _subject(chain[-1])
         return f"chain of {len(chain)} to trust anchor {anchor}"
 

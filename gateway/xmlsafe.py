@@ -45,7 +45,6 @@ __all__ = [
     "INTERNAL_PARSER",
     "XMLLimits",
     "parse_bytes",
-    "parse_file",
     "read_limited",
 ]
 
@@ -246,8 +245,3 @@ def read_limited(path: Path, limits: XMLLimits = DEFAULT_LIMITS) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def parse_file(path: Path, limits: XMLLimits = DEFAULT_LIMITS) -> etree._Element:
-    """Read and safely parse a package file."""
-    return parse_bytes(read_limited(path, limits), limits)
