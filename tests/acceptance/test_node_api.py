@@ -217,9 +217,22 @@ def test_unknown_agency_and_missing_certificate(node: RunningNode) -> None:
     response = push(node, outsider, body)
     assert response.status_code == 403
     assert response.json()["code"] == "AUTH_UNKNOWN_AGENCY"
+    engine = db.make_engine(load_settings(node.config, environ={}))
+
+    def auth_failures() -> int:
+        with engine.connect() as conn:
+            return len(
+                conn.execute(
+                    select(audit_log.c.seq).where(audit_log.c.event == "auth_failure")
+                ).all()
+            )
+
+    before = auth_failures()
     anonymous = node.client(None).get("/api/v1/inbox")
     assert anonymous.status_code == 401
     assert anonymous.json()["code"] == "AUTH_REQUIRED"
+    assert auth_failures() == before + 1  # every auth failure is in the audit log
+    engine.dispose()
     assert node.client(None).get("/healthz").status_code == 200
 
 
