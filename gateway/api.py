@@ -22,13 +22,24 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.peer import decode_batch
 from gateway import __version__, audit
-from gateway.errors import AuthError, BodyTooLarge, GatewayError, RequestError
+from gateway.errors import (
+    AuthError,
+    BodyTooLarge,
+    Forbidden,
+    GatewayError,
+    RelayMalformed,
+    RequestError,
+)
 from gateway.identity import Identity, require_identity
-from gateway.inbox import acknowledge, fetch, list_inbox, status_view
+from gateway.inbox import acknowledge, evidence_view, fetch, list_inbox, status_view
 from gateway.ingest import Accepted, ingest_document, ingest_status
-from gateway.node import Node
+from gateway.node import Node, directory_view
+from gateway.outbox import list_deliveries, requeue
 from gateway.readiness import readiness
+from gateway.relay import receive_batch
+from gateway.settings import MAX_RELAY_ITEMS
 
 __all__ = ["create_app"]
 
@@ -103,6 +114,48 @@ class StatusBody(BaseModel):
     recipients: list[RecipientStatus]
 
 
+class RelayResult(BaseModel):
+    ok: bool
+    receipt: dict[str, Any] | None = None
+    duplicate: bool | None = None
+    code: str | None = None
+    message: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class RelayBody(BaseModel):
+    """One result per relayed item, in order."""
+
+    results: list[RelayResult]
+
+
+class DeliveryBody(BaseModel):
+    id: int
+    document: str
+    kind: str
+    sender: str
+    document_id: str | None
+    recipient: str
+    next_hop: str
+    state: str
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    updated_at: str
+
+
+class DeliveriesBody(BaseModel):
+    items: list[DeliveryBody]
+
+
+class RequeueBody(BaseModel):
+    ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(min_length=1, max_length=1000)
+
+
+class RequeuedBody(BaseModel):
+    requeued: list[int]
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 503)
 }
@@ -147,7 +200,7 @@ def _audit_auth_failure(node: Node, request: Request, exc: GatewayError) -> None
     with node.writing() as conn:
         audit.append(
             conn,
-            event="auth_failure",
+            event="relay_refuse" if isinstance(exc, RelayMalformed) else "auth_failure",
             actor=f"peer:{peer}",
             subject=None,
             data={"code": exc.code, "path": request.url.path, "method": request.method},
@@ -166,11 +219,17 @@ def create_app(node: Node) -> FastAPI:
     node.on_trust_change(identity.replace_trust)
     Caller = Annotated[Identity, Depends(identity)]
     limit = node.settings.limits.max_envelope_bytes
+    relay_limit = limit + node.settings.delivery.batch_bytes + 8 * 1024 * 1024
+
+    def require_admin(caller: Identity) -> None:
+        # the node's own certificate is the admin credential (held by its operators)
+        if caller.kind != "node" or caller.node != node.name:
+            raise Forbidden("this is an admin endpoint: present the node's own certificate")
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         log.info("api.refused", path=request.url.path, code=exc.code, status=exc.http_status)
-        if isinstance(exc, AuthError):
+        if isinstance(exc, AuthError | RelayMalformed):
             await run_in_threadpool(_audit_auth_failure, node, request, exc)
         return JSONResponse(exc.to_dict(), status_code=exc.http_status)
 
@@ -267,5 +326,62 @@ def create_app(node: Node) -> FastAPI:
         """Per recipient: the transport state and every business status, with times."""
         view = await run_in_threadpool(status_view, node, caller, doc_id)
         return StatusBody(**view)
+
+    @app.post(
+        "/api/v1/relay",
+        response_model=RelayBody,
+        tags=["relay"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/vnd.edxml-gateway.relay": {
+                        "schema": {"type": "string", "format": "binary"}
+                    }
+                },
+            }
+        },
+    )
+    async def relay(request: Request, caller: Caller) -> JSONResponse:
+        """A neighbour node relays a batch of packages (see adapters.peer for the framing)."""
+        if caller.kind != "node":
+            raise Forbidden("only a neighbour node may relay packages")
+        data = await _body(request, relay_limit)
+        items = decode_batch(data, max_items=MAX_RELAY_ITEMS)
+        results = await run_in_threadpool(receive_batch, node, caller, items)
+        return JSONResponse({"results": results})
+
+    @app.get("/api/v1/directory", tags=["directory"])
+    async def directory(caller: Caller) -> dict[str, Any]:
+        """This node, its tier and agencies, its parent and its children (what they serve)."""
+        return await run_in_threadpool(directory_view, node)
+
+    @app.get("/api/v1/admin/deliveries", response_model=DeliveriesBody, tags=["admin"])
+    async def deliveries(
+        caller: Caller,
+        state: Annotated[str | None, Query(pattern="^[a-z_]{1,16}$")] = None,
+        peer: Annotated[str | None, Query(pattern="^[a-z0-9-]{1,128}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> DeliveriesBody:
+        """Deliveries, newest first (``state=failed``: dead letters; ``waiting``: the outbox)."""
+        require_admin(caller)
+        rows = await run_in_threadpool(
+            lambda: list_deliveries(node, state=state, peer=peer, limit=limit)
+        )
+        return DeliveriesBody(items=[DeliveryBody(**r) for r in rows])
+
+    @app.post("/api/v1/admin/deliveries/requeue", response_model=RequeuedBody, tags=["admin"])
+    async def requeue_deliveries(body: RequeueBody, caller: Caller) -> RequeuedBody:
+        """Send failed deliveries again (routed afresh, attempts reset); audited."""
+        require_admin(caller)
+        done = await run_in_threadpool(
+            lambda: requeue(node, body.ids, actor=f"admin:node:{caller.node}")
+        )
+        return RequeuedBody(requeued=done)
+
+    @app.get("/api/v1/documents/{doc_id}/evidence", tags=["documents"])
+    async def evidence(doc_id: str, caller: Caller) -> dict[str, Any]:
+        """The package's provable path: every hop record and receipt this node holds."""
+        return await run_in_threadpool(evidence_view, node, caller, doc_id)
 
     return app

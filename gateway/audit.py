@@ -229,8 +229,16 @@ def append(
             raise ValueError(f"audit {name} is longer than {_TEXT_LIMITS[name]} characters")
     data_text = check_data(data)
     when = _utc(at) if at is not None else dt.datetime.now(dt.UTC)
-    _lock(conn)
-    head = _head(conn)
+    # Within one transaction the head is read (and the chain locked) once: later appends of
+    # the same transaction continue from what the previous one wrote (the gateway never wraps
+    # an append in a savepoint, whose rollback would leave this stale).
+    transaction = conn.get_transaction()
+    known = conn.info.get(_HEAD_KEY)
+    if known is not None and transaction is not None and known[0] is transaction:
+        head: tuple[int, str] | None = known[1]
+    else:
+        _lock(conn)
+        head = _head(conn)
     seq, prev_hash = (1, GENESIS_HASH) if head is None else (head[0] + 1, head[1])
     digest = entry_hash(
         seq=seq,
@@ -242,18 +250,27 @@ def append(
         prev_hash=prev_hash,
     )
     conn.execute(
-        audit_log.insert().values(
-            seq=seq,
-            at=when,
-            event=event,
-            actor=actor,
-            subject=subject,
-            data=data_text,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+        _INSERT,
+        {
+            "seq": seq,
+            "at": when,
+            "event": event,
+            "actor": actor,
+            "subject": subject,
+            "data": data_text,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        },
     )
+    if transaction is not None:
+        conn.info[_HEAD_KEY] = (transaction, (seq, digest))
     return seq
+
+
+#: built once (SQLAlchemy builds and caches a statement per construct, not per call)
+_INSERT = audit_log.insert()
+#: ``conn.info`` key: (the transaction, the chain head it wrote last)
+_HEAD_KEY = "gateway.audit.head"
 
 
 def checkpoint(

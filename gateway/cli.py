@@ -241,7 +241,13 @@ def serve(config: Path) -> None:
         record_start(node)
     except GatewayError as exc:
         _fail_usage(exc)
-    scheduler = start(node)
+    dispatcher = None
+    if node.directory is not None:
+        from adapters.peer import HttpsPeerTransport
+        from gateway.outbox import Dispatcher
+
+        dispatcher = Dispatcher(node, HttpsPeerTransport(settings))
+    scheduler = start(node, dispatcher)
     try:
         server.run(create_app(node), settings)
     finally:
@@ -253,10 +259,11 @@ def serve(config: Path) -> None:
 @click.option(
     "--keep",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Keep the demo's files in this folder.",
+    help="Keep the network's files in this folder and its nodes running until Ctrl-C.",
 )
 def demo(keep: Path | None) -> None:
-    """Make a dev PKI, sign a real field sample, verify it, tamper with it, verify again."""
+    """Run a four-tier network of four node processes: documents up and down, statuses back,
+    a district outage and its backlog."""
     from gateway.demo import run_demo
 
     sys.exit(run_demo(keep))
@@ -310,12 +317,54 @@ def bench_node(
     )
 
 
+@bench.command("network")
+@click.option(
+    "--documents", default=2000, show_default=True, help="Documents commune -> G12 (timed)."
+)
+@click.option(
+    "--backlog",
+    default=20000,
+    show_default=True,
+    help="Documents queued while the district is down, then drained (timed).",
+)
+@click.option(
+    "--clients", default=8, show_default=True, help="Concurrent keep-alive HTTPS clients."
+)
+@click.option("--batch-size", type=int, help="[delivery] batch_size on every node.")
+@click.option("--tick-interval", type=float, help="[delivery] tick_interval on every node.")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep PKI, configs, databases and logs here.",
+)
+def bench_network(
+    documents: int,
+    backlog: int,
+    clients: int,
+    batch_size: int | None,
+    tick_interval: float | None,
+    keep: Path | None,
+) -> None:
+    """The four-tier network: end-to-end docs/s, latency, CPU per hop; backlog drain rate."""
+    from gateway.bench_network import run_network_bench
+
+    run_network_bench(
+        documents,
+        backlog,
+        clients,
+        keep=keep,
+        batch_size=batch_size,
+        tick_interval=tick_interval,
+    )
+
+
 def _register_groups() -> None:
     from gateway.cli_audit import audit
     from gateway.cli_db import db
+    from gateway.cli_deliveries import deliveries
     from gateway.cli_pki import pki
 
-    for group in (pki, db, audit):
+    for group in (pki, db, audit, deliveries):
         main.add_command(group)
 
 

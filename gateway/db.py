@@ -295,7 +295,7 @@ def head_revision() -> str:
 
     Usage::
 
-        head_revision()   # "0001"
+        head_revision()   # "0002"
     """
     head = _scripts().get_current_head()
     if head is None:  # pragma: no cover - the package ships 0001_initial

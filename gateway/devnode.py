@@ -31,8 +31,10 @@ __all__ = ["write_node_config"]
 def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, str | Path):
         return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
     if isinstance(value, Sequence):
@@ -50,9 +52,14 @@ def write_node_config(
     database_url: str,
     port: int = 8443,
     tier: str = "province",
+    parent: Mapping[str, str] | None = None,
+    children: Sequence[Mapping[str, Any]] = (),
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write a node's settings file: its key and certificate, HTTPS, the dev CA as trust."""
+    """Write a node's settings file: its key and certificate, HTTPS, the dev CA as trust.
+
+    ``parent`` is ``{"name", "url"}``; each of ``children`` adds ``"serves"`` (agency codes).
+    """
     sections: dict[str, dict[str, Any]] = {
         "node": {
             "name": name,
@@ -70,6 +77,13 @@ def write_node_config(
             "intermediates": [ca.intermediate_cert],
         },
     }
+    if parent is not None or children:
+        directory: dict[str, Any] = {}
+        if parent is not None:
+            directory["parent"] = dict(parent)
+        if children:
+            directory["children"] = [dict(c) for c in children]
+        sections["directory"] = directory
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)
     lines: list[str] = []

@@ -59,6 +59,16 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── RecipientUnreachable        REQUEST_RECIPIENT_UNREACHABLE
     │   ├── BodyTooLarge                REQUEST_BODY_TOO_LARGE
     │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
+    ├── RelayError                      (node-to-node relay: hops, receipts, peers)
+    │   ├── RelayMalformed              RELAY_MALFORMED
+    │   ├── PeerUnknown                 RELAY_PEER_UNKNOWN
+    │   ├── HopChainBroken              RELAY_HOP_CHAIN_BROKEN
+    │   ├── HopSignatureInvalid         RELAY_HOP_SIGNATURE_INVALID
+    │   ├── EnvelopeTampered            RELAY_ENVELOPE_TAMPERED
+    │   ├── RouteLoop                   RELAY_ROUTE_LOOP
+    │   ├── ReceiptInvalid              RELAY_RECEIPT_INVALID
+    │   └── PeerUnavailable             RELAY_PEER_UNAVAILABLE
+    ├── DeliveryNotFound                DELIVERY_NOT_FOUND
     ├── DocumentNotFound                DOCUMENT_NOT_FOUND
     ├── DocumentConflict                DOCUMENT_CONFLICT
     ├── StatusError                     (business statuses)
@@ -96,6 +106,7 @@ __all__ = [
     "ConfigError",
     "DatabaseNotMigrated",
     "DatabaseUnavailable",
+    "DeliveryNotFound",
     "DigestMismatch",
     "DoctypeForbidden",
     "DocumentConflict",
@@ -105,17 +116,26 @@ __all__ = [
     "EntityDeclarationForbidden",
     "EntityExpansionForbidden",
     "EnvelopeError",
+    "EnvelopeTampered",
     "ExternalEntityForbidden",
     "Forbidden",
     "ForgedHeader",
     "GatewayError",
+    "HopChainBroken",
+    "HopSignatureInvalid",
     "InvalidValue",
     "MalformedXML",
     "ManifestMismatch",
     "MissingElement",
     "PartialCoverage",
+    "PeerUnavailable",
+    "PeerUnknown",
+    "ReceiptInvalid",
     "RecipientUnreachable",
+    "RelayError",
+    "RelayMalformed",
     "RequestError",
+    "RouteLoop",
     "SchemaError",
     "SenderMismatch",
     "SignatureError",
@@ -537,6 +557,78 @@ class DocumentNotFound(GatewayError):
     code = "DOCUMENT_NOT_FOUND"
     http_status = 404
     meaning = "unknown document"
+
+
+class RelayError(GatewayError):
+    """A relay between two nodes was refused."""
+
+    code = "RELAY_ERROR"
+    http_status = 400
+    meaning = "relay refused"
+
+
+class RelayMalformed(RelayError):
+    """The relay request is not a well-formed relay batch."""
+
+    code = "RELAY_MALFORMED"
+
+
+class PeerUnknown(RelayError):
+    """The calling node is not a neighbour of this node in the directory."""
+
+    code = "RELAY_PEER_UNKNOWN"
+    http_status = 403
+
+
+class HopChainBroken(RelayError):
+    """The hop records do not form an unbroken chain ending at this node."""
+
+    code = "RELAY_HOP_CHAIN_BROKEN"
+    http_status = 422
+
+
+class HopSignatureInvalid(RelayError):
+    """A hop record's signature or node certificate does not verify."""
+
+    code = "RELAY_HOP_SIGNATURE_INVALID"
+    http_status = 422
+
+
+class EnvelopeTampered(RelayError):
+    """The relayed envelope's bytes are not the bytes the hop records describe."""
+
+    code = "RELAY_ENVELOPE_TAMPERED"
+    http_status = 422
+
+
+class RouteLoop(RelayError):
+    """The package has already passed through this node: the directories disagree."""
+
+    code = "RELAY_ROUTE_LOOP"
+    http_status = 422
+
+
+class ReceiptInvalid(RelayError):
+    """The peer's receipt does not verify, or does not match what was sent."""
+
+    code = "RELAY_RECEIPT_INVALID"
+    http_status = 502
+
+
+class PeerUnavailable(RelayError):
+    """The peer node cannot be reached or answered with a server error (retried)."""
+
+    code = "RELAY_PEER_UNAVAILABLE"
+    http_status = 503
+    meaning = "peer temporarily unavailable"
+
+
+class DeliveryNotFound(GatewayError):
+    """No such delivery."""
+
+    code = "DELIVERY_NOT_FOUND"
+    http_status = 404
+    meaning = "unknown delivery"
 
 
 class DocumentConflict(GatewayError):

@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +21,14 @@ import structlog
 from sqlalchemy import and_, select, update
 
 from gateway import audit
-from gateway.errors import DocumentNotFound, Forbidden
+from gateway.errors import DocumentNotFound, Forbidden, UnknownAgency
 from gateway.identity import Identity
 from gateway.ingest import actor_of
-from gateway.node import Node
+from gateway.node import LOCAL, Node
 from gateway.status import TransportState
-from gateway.tables import deliveries, documents, events
+from gateway.tables import deliveries, documents, events, hops
 
-__all__ = ["InboxPage", "acknowledge", "fetch", "list_inbox", "status_view"]
+__all__ = ["InboxPage", "acknowledge", "evidence_view", "fetch", "list_inbox", "status_view"]
 
 log = structlog.get_logger("gateway.inbox")
 
@@ -43,15 +44,21 @@ class InboxPage:
     next_after: int | None
 
 
-def _agency(caller: Identity) -> str:
+def _agency(node: Node, caller: Identity) -> str:
     if caller.kind != "agency" or caller.agency is None:
         raise Forbidden("only an agency's DMS has an inbox")
+    if str(caller.agency) not in node.hosted:
+        # a relay node holds copies of documents in transit: they are not the agency's to pull
+        raise UnknownAgency(
+            f"agency {caller.agency} is not hosted by node {node.name}",
+            detail={"agency": str(caller.agency)},
+        )
     return str(caller.agency)
 
 
 def list_inbox(node: Node, caller: Identity, *, limit: int = 50, after: int = 0) -> InboxPage:
     """Packages waiting for the caller (delivered or fetched, not yet acknowledged)."""
-    agency = _agency(caller)
+    agency = _agency(node, caller)
     limit = max(1, min(limit, 500))
     query = (
         select(
@@ -71,6 +78,7 @@ def list_inbox(node: Node, caller: Identity, *, limit: int = 50, after: int = 0)
         .where(
             and_(
                 deliveries.c.recipient == agency,
+                deliveries.c.next_hop == LOCAL,
                 deliveries.c.state.in_(_WAITING),
                 documents.c.seq > after,
             )
@@ -119,7 +127,7 @@ def _visible(conn: Any, doc_id: str, agency: str) -> Any:
 
 def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
     """The exact stored bytes. A recipient's first fetch moves its delivery to ``fetched``."""
-    agency = _agency(caller)
+    agency = _agency(node, caller)
     with node.reader.connect() as conn:  # reading 50 MB must not hold the write lock
         row, delivery = _visible(conn, doc_id, agency)
         stored = conn.execute(
@@ -138,7 +146,7 @@ def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
 
 def acknowledge(node: Node, caller: Identity, doc_id: str) -> str:
     """Record that the recipient's DMS has the document; idempotent. Returns the state."""
-    agency = _agency(caller)
+    agency = _agency(node, caller)
     with node.writing() as conn:
         row, delivery = _visible(conn, doc_id, agency)
         if delivery is None:
@@ -170,6 +178,73 @@ def _advance(
             actor=actor,
         )
     )
+
+
+def evidence_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
+    """Hop records and receipts of a package, for its sender, a recipient or the node's admin.
+
+    An auditor checks each with :func:`gateway.hops.verify_hops` and
+    :func:`gateway.receipts.verify_receipt`, and the envelope (``GET /documents/{id}``) with
+    ``gateway verify``: nothing here needs to be believed.
+    """
+    admin = caller.kind == "node" and caller.node == node.name
+    with node.reader.connect() as conn:
+        if admin:
+            row = conn.execute(
+                select(documents.c.seq, documents.c.sender).where(documents.c.id == doc_id)
+            ).first()
+            if row is None:
+                raise DocumentNotFound(detail={"id": doc_id})
+        else:
+            row, _ = _visible(conn, doc_id, _agency(node, caller))
+        doc = conn.execute(
+            select(
+                documents.c.id,
+                documents.c.kind,
+                documents.c.sender,
+                documents.c.document_id,
+                documents.c.sha256,
+                documents.c.size,
+                documents.c.receipt,
+                documents.c.received_from,
+            ).where(documents.c.seq == row.seq)
+        ).one()
+        chain = conn.execute(
+            select(
+                hops.c.direction,
+                hops.c.position,
+                hops.c.from_node,
+                hops.c.to_node,
+                hops.c.at,
+                hops.c.record,
+                hops.c.receipt,
+            )
+            .where(hops.c.document_seq == row.seq)
+            .order_by(hops.c.position, hops.c.id)
+        ).all()
+    return {
+        "id": doc.id,
+        "kind": doc.kind,
+        "sender": doc.sender,
+        "document_id": doc.document_id,
+        "sha256": doc.sha256,
+        "size": doc.size,
+        "node": node.name,
+        "received_from": doc.received_from,
+        "receipt": json.loads(doc.receipt),
+        "hops": [
+            {
+                "direction": h.direction,
+                "position": h.position,
+                "from": h.from_node,
+                "to": h.to_node,
+                "at": h.at.isoformat(),
+                "record": json.loads(h.record),
+                "receipt": json.loads(h.receipt),
+            }
+            for h in chain
+        ],
+    }
 
 
 def status_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from gateway.node import LOCAL, Node
 from gateway.receipts import make_receipt
 from gateway.status import (
     Event,
+    Requeue,
     StatusReport,
     Timeline,
     TransportEvent,
@@ -234,7 +235,8 @@ def _store(
                         data={"sha256": sha256},
                     )
                 else:
-                    recipients = _insert(node, conn, row, plan(conn), actor)
+                    planned = plan(conn)
+                    recipients = _insert(node, conn, row, planned, actor)
         except GatewayError as exc:
             raise _refuse(node, caller, exc, data) from None
         except IntegrityError:
@@ -245,6 +247,7 @@ def _store(
         if found is not None:
             log.info("ingest.repeat", doc=found.id, actor=actor, sha256=sha256)
             return found
+        node.wake(hop for _, hop in planned.hops)
         log.info(
             "ingest.accepted",
             doc=gid,
@@ -376,12 +379,18 @@ def timeline_of(conn: Connection, document_seq: int, sender: str, recipient: str
         .where(and_(events.c.document_seq == document_seq, events.c.recipient == recipient))
         .order_by(events.c.id)
     )
-    recorded: list[Event] = [
-        TransportEvent(state=TransportState(code), node=node)
-        if kind == "transport"
-        else StatusReport(code=StatusCode(code), reporter=actor.split(":", 1)[1])
-        for kind, code, actor, node in rows
-    ]
+    recorded: list[Event] = []
+    failed = False
+    for kind, code, actor, node in rows:
+        if kind != "transport":
+            recorded.append(StatusReport(code=StatusCode(code), reporter=actor.split(":", 1)[1]))
+            continue
+        state = TransportState(code)
+        if failed and state is TransportState.ACCEPTED:
+            recorded.append(Requeue())  # "accepted" after "failed" is how a requeue is recorded
+        else:
+            recorded.append(TransportEvent(state=state, node=node))
+        failed = state is TransportState.FAILED
     return replay(sender, recipient, recorded)
 
 

@@ -18,29 +18,28 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection, Engine
 
 from gateway import __version__, audit, db
 from gateway.agency import AgencyCode
 from gateway.errors import ConfigError, RecipientUnreachable
 from gateway.nodekey import NodeKey
+from gateway.routing import LOCAL, Directory, Peer
 from gateway.settings import Settings
-from gateway.tables import audit_log
+from gateway.tables import audit_log, peers
 from gateway.trust import TrustStore
 from gateway.verification import Verifier, VerifyPolicy
 
-__all__ = ["LOCAL", "Node", "Router", "record_start"]
+__all__ = ["LOCAL", "Node", "Router", "directory_of", "directory_view", "record_start"]
 
 #: one lock per process: SQLite has one writer at a time anyway (see Node.writing)
 _SQLITE_WRITERS = threading.Lock()
-
-#: ``deliveries.next_hop`` of a recipient hosted by this node
-LOCAL = "local"
 
 #: Given a recipient this node does not host, the name of the next node (or raise
 #: :class:`RecipientUnreachable`). The four-tier routing plugs in here.
@@ -66,12 +65,27 @@ class Node:
     #: agency codes whose DMS connect here
     hosted: frozenset[str]
     route: Router = _no_route
+    #: parent and children (None: a node on its own, which hosts every agency it serves)
+    directory: Directory | None = None
     #: injectable clock (tests)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     #: called with the new store when the trust files change (the API's authenticator)
     _trust_listeners: list[Callable[[TrustStore], None]] = field(default_factory=list)
     #: SHA-256 of the trust files' contents as last loaded
     _trust_digest: list[str] = field(default_factory=list)
+    #: called with peer names when rows for them were committed (the outbox dispatcher)
+    _wake_listeners: list[Callable[[Iterable[str]], None]] = field(default_factory=list)
+
+    def on_wake(self, listener: Callable[[Iterable[str]], None]) -> None:
+        """Have ``listener`` called with peer names whenever packages for them are stored."""
+        self._wake_listeners.append(listener)
+
+    def wake(self, peers: Iterable[str]) -> None:
+        """Packages for ``peers`` were committed: tell the dispatcher (after the commit)."""
+        names = {p for p in peers if p != LOCAL}
+        if names:
+            for listener in self._wake_listeners:
+                listener(names)
 
     @property
     def trust(self) -> TrustStore:
@@ -142,6 +156,7 @@ class Node:
             )
         digest = _trust_digest(settings)
         trust = _load_trust(settings)
+        directory = directory_of(settings)
         policy = VerifyPolicy(
             allow_weak_algorithms=settings.verify.allow_weak_algorithms,
             require_revocation_check=settings.verify.require_revocation_check,
@@ -153,7 +168,8 @@ class Node:
             verifier=Verifier(trust, policy),
             key=NodeKey.load(Path(settings.node.key), Path(settings.node.cert)),
             hosted=frozenset(settings.node.agencies),
-            route=route or _no_route,
+            route=route or (directory.route if directory is not None else _no_route),
+            directory=directory,
             _trust_digest=[digest],
         )
 
@@ -167,6 +183,28 @@ class Node:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+
+def directory_of(settings: Settings) -> Directory | None:
+    """The node's directory from ``[node]`` and ``[directory]``; None without any neighbour.
+
+    Raises :class:`ConfigError` for an inconsistent directory.
+    """
+    config = settings.directory
+    if config.parent is None and not config.children:
+        return None
+    directory = Directory(
+        node=settings.node.name,
+        tier=settings.node.tier.value,
+        hosted=frozenset(settings.node.agencies),
+        parent=None if config.parent is None else Peer(config.parent.name, config.parent.url),
+        children=tuple(
+            Peer(c.name, c.url, tuple(AgencyCode.parse(code) for code in c.serves))
+            for c in config.children
+        ),
+    )
+    directory.check()
+    return directory
 
 
 def _trust_files(settings: Settings) -> list[Path]:
@@ -223,4 +261,67 @@ def record_start(node: Node) -> bool:
             subject=None,
             data={"version": __version__, "config_sha256": digest},
         )
+        _sync_directory(node, conn, actor)
     return changed
+
+
+def _sync_directory(node: Node, conn: Connection, actor: str) -> None:
+    """Keep the ``peers`` table equal to the configured directory; audit any change."""
+    wanted: dict[str, tuple[str, str, str]] = {}
+    if node.directory is not None:
+        if node.directory.parent is not None:
+            parent = node.directory.parent
+            wanted[parent.name] = ("parent", parent.url, "[]")
+        for child in node.directory.children:
+            serves = json.dumps(sorted(str(code) for code in child.serves))
+            wanted[child.name] = ("child", child.url, serves)
+    stored = {
+        r.name: (r.role, r.url, r.serves)
+        for r in conn.execute(select(peers.c.name, peers.c.role, peers.c.url, peers.c.serves))
+    }
+    if stored == wanted:
+        return
+    now = node.now()
+    conn.execute(delete(peers))
+    if wanted:
+        conn.execute(
+            peers.insert(),
+            [
+                {"name": name, "role": role, "url": url, "serves": serves, "updated_at": now}
+                for name, (role, url, serves) in wanted.items()
+            ],
+        )
+    audit.append(
+        conn,
+        event="directory_change",
+        actor=actor,
+        subject="directory",
+        data={
+            "added": sorted(set(wanted) - set(stored)),
+            "removed": sorted(set(stored) - set(wanted)),
+            "changed": sorted(n for n in set(wanted) & set(stored) if wanted[n] != stored[n]),
+        },
+    )
+
+
+def directory_view(node: Node) -> dict[str, Any]:
+    """The directory as stored: this node, its tier and agencies, its parent and children."""
+    with node.reader.connect() as conn:
+        rows = conn.execute(
+            select(
+                peers.c.name, peers.c.role, peers.c.url, peers.c.serves, peers.c.updated_at
+            ).order_by(peers.c.role.desc(), peers.c.name)
+        ).all()
+    parent = next(({"name": r.name, "url": r.url} for r in rows if r.role == "parent"), None)
+    return {
+        "node": node.name,
+        "tier": node.settings.node.tier.value,
+        "hosted": sorted(node.hosted),
+        "parent": parent,
+        "children": [
+            {"name": r.name, "url": r.url, "serves": json.loads(r.serves)}
+            for r in rows
+            if r.role == "child"
+        ],
+        "updated_at": max((r.updated_at for r in rows), default=None),
+    }

@@ -1,20 +1,29 @@
-"""Background jobs of a running node (APScheduler 3.x): audit checkpoints, trust reloads.
+"""Background jobs of a running node (APScheduler 3.x): audit checkpoints, trust reloads, the
+outbox dispatcher (one job per peer, so a slow peer never holds up another) and its
+housekeeping.
 
 Usage::
 
-    scheduler = start(node)
+    scheduler = start(node, dispatcher)
     ...
     scheduler.shutdown()
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import logging
+
 import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import audit
 from gateway.errors import GatewayError
 from gateway.node import Node
+from gateway.outbox import Dispatcher
 
 __all__ = ["checkpoint_now", "reload_trust", "start"]
 
@@ -30,9 +39,62 @@ def checkpoint_now(node: Node) -> int | None:
     return made
 
 
-def start(node: Node) -> BackgroundScheduler:
+def _run_peer(dispatcher: Dispatcher, peer: str) -> None:
+    try:
+        dispatcher.run_peer(peer)
+    except Exception:  # a job must not die silently: log it, the next tick tries again
+        log.exception("outbox.dispatch_crashed", peer=peer)
+
+
+def _housekeeping(dispatcher: Dispatcher) -> None:
+    try:
+        expired = dispatcher.housekeeping()
+    except Exception:
+        log.exception("outbox.housekeeping_crashed")
+        return
+    if expired:
+        log.warning("outbox.expired", deliveries=expired)
+
+
+def start(node: Node, dispatcher: Dispatcher | None = None) -> BackgroundScheduler:
     """Start the node's background jobs in a daemon thread."""
-    scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
+    peers = node.directory.neighbours() if node.directory is not None else ()
+    # "maximum number of running instances reached" is the design (one run per peer), not news
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    scheduler = BackgroundScheduler(
+        daemon=True,
+        timezone="UTC",
+        executors={"default": ThreadPoolExecutor(max_workers=len(peers) + 4)},
+    )
+    if dispatcher is not None:
+        dispatcher.release_leases()
+        delivery = node.settings.delivery
+        for peer in peers:
+            scheduler.add_job(
+                _run_peer,
+                "interval",
+                args=[dispatcher, peer.name],
+                seconds=delivery.tick_interval,
+                id=f"dispatch:{peer.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        scheduler.add_job(
+            _housekeeping,
+            "interval",
+            args=[dispatcher],
+            seconds=delivery.housekeeping_interval,
+            id="outbox-housekeeping",
+            max_instances=1,
+            coalesce=True,
+        )
+
+        def waker(peer: str) -> None:
+            with contextlib.suppress(JobLookupError):
+                scheduler.modify_job(f"dispatch:{peer}", next_run_time=dt.datetime.now(dt.UTC))
+
+        dispatcher.waker = waker
     scheduler.add_job(
         checkpoint_now,
         "interval",

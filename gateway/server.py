@@ -68,6 +68,9 @@ __all__ = [
 
 #: seconds an idle keep-alive connection stays open: a new TLS handshake costs ~5 ms
 KEEP_ALIVE_SECONDS: Final = 30
+#: seconds a stopping node waits for open connections: a peer's idle keep-alive TLS connection
+#: does not answer the TLS close, so without a bound SIGTERM waited until SIGKILL
+GRACEFUL_SHUTDOWN_SECONDS: Final = 3
 
 _TLS_VERSIONS: Final = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -249,6 +252,7 @@ def make_config(
         forwarded_allow_ips=[],
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_config=None,
         log_level=settings.logging.level,
         ssl_context_factory=((lambda _config, _default: context) if context is not None else None),

@@ -27,9 +27,12 @@ from gateway.xmlsafe import XMLLimits
 __all__ = [
     "AuditSettings",
     "DatabaseSettings",
+    "DeliverySettings",
+    "DirectorySettings",
     "LimitsSettings",
     "LoggingSettings",
     "NodeSettings",
+    "PeerSettings",
     "ServerSettings",
     "Settings",
     "TLSSettings",
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "GATEWAY_"
+#: most items a node accepts in one relay batch (and so the largest ``[delivery] batch_size``)
+MAX_RELAY_ITEMS = 1000
 _NODE_NAME = re.compile(r"[a-z0-9-]+")
 
 
@@ -162,6 +167,63 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PeerSettings:
+    """One neighbour node in ``[directory]``: the parent, or a child and what it serves."""
+
+    #: the peer's node name, as bound in its certificate (``urn:gateway-node:<name>``)
+    name: str
+    #: its HTTPS base URL, e.g. ``https://province.h49.example:8443``
+    url: str
+    #: for a child: the agency codes its subtree serves (a code serves itself and every code
+    #: below it)
+    serves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DirectorySettings:
+    """``[directory]``: this node's place in the tree: its parent and its children."""
+
+    #: the node one tier up (None on the central node, which refuses what nobody serves)
+    parent: PeerSettings | None = None
+    #: the nodes one tier down, each with the agency codes its subtree serves
+    children: tuple[PeerSettings, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeliverySettings:
+    """``[delivery]``: the outbox dispatcher that relays packages to neighbour nodes."""
+
+    #: seconds between dispatcher ticks (a new package also wakes it at once)
+    tick_interval: float = 0.5
+    #: most packages sent to one peer in one relay request
+    batch_size: int = 100
+    #: most bytes of envelopes in one relay request (a bigger package travels alone)
+    batch_bytes: int = 16 * 1024 * 1024
+    #: seconds to wait for a peer to connect
+    connect_timeout: float = 5.0
+    #: seconds to wait for a peer's answer to one relay request
+    timeout: float = 60.0
+    #: first retry wait in seconds; it doubles per attempt (exponential, with jitter)
+    backoff_initial: float = 1.0
+    #: longest wait between two attempts, in seconds
+    backoff_max: float = 300.0
+    #: random extra wait added to each backoff, up to this many seconds
+    backoff_jitter: float = 1.0
+    #: attempts before a delivery is dead-lettered (the sender gets a failure notice)
+    max_attempts: int = 50
+    #: seconds after which an undelivered package is dead-lettered, however few its attempts
+    max_age: int = 3 * 24 * 3600
+    #: seconds a dispatcher holds the rows it claimed; a dead worker's rows return after this
+    lease: int = 120
+    #: consecutive failures that trip a peer's circuit breaker open (the peer is "down")
+    breaker_threshold: int = 5
+    #: seconds between probes of a peer whose breaker is open
+    breaker_probe_interval: float = 5.0
+    #: seconds between housekeeping runs (dead-lettering by age, expired leases)
+    housekeeping_interval: int = 30
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LoggingSettings:
     """``[logging]``: structured JSON logs, one event per line, on stderr."""
 
@@ -181,6 +243,8 @@ class Settings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: the settings file's folder: relative paths (and a relative SQLite file) live there
     base_dir: Path = field(default_factory=Path.cwd)
@@ -195,6 +259,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "trust": TrustSettings,
     "limits": LimitsSettings,
     "audit": AuditSettings,
+    "delivery": DeliverySettings,
     "logging": LoggingSettings,
 }
 
@@ -219,6 +284,16 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         if number <= 0:
             raise ConfigError(f"{where} must be positive", detail={"key": where})
         return number
+    if annotation == "float":
+        try:
+            real = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where} must be a number, not {value!r}", detail={"key": where}
+            ) from None
+        if not real > 0 or real == float("inf"):
+            raise ConfigError(f"{where} must be positive", detail={"key": where})
+        return real
     if annotation == "str":
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where} must be a non-empty string", detail={"key": where})
@@ -279,6 +354,9 @@ def load_settings(
             raw.setdefault(section, {})[key] = value
     built: dict[str, Any] = {}
     for section, values in raw.items():
+        if section == "directory":
+            built[section] = _directory(values)
+            continue
         cls = _SECTIONS.get(section)
         if cls is None:
             raise ConfigError(f"unknown settings section [{section}]", detail={"key": section})
@@ -298,6 +376,60 @@ def load_settings(
     return settings
 
 
+def _peer(where: str, value: Any, *, child: bool) -> PeerSettings:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where} must be a table {{name, url{', serves' if child else ''}}}",
+            detail={"key": where},
+        )
+    allowed = {"name", "url", "serves"} if child else {"name", "url"}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}", detail={"key": where})
+    name, url = value.get("name"), value.get("url")
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+        raise ConfigError(f"{where} name must match [a-z0-9-]+", detail={"key": f"{where}.name"})
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise ConfigError(
+            f"{where} url must be an https:// URL (peers talk HTTPS with node certificates)",
+            detail={"key": f"{where}.url"},
+        )
+    serves = value.get("serves", [])
+    if not isinstance(serves, list) or not all(isinstance(s, str) for s in serves):
+        raise ConfigError(
+            f"{where} serves must be a list of agency codes", detail={"key": f"{where}.serves"}
+        )
+    if child and not serves:
+        raise ConfigError(
+            f"{where} serves is empty: a child must serve some agency codes",
+            detail={"key": f"{where}.serves"},
+        )
+    return PeerSettings(name=name, url=url.rstrip("/"), serves=tuple(s.strip() for s in serves))
+
+
+def _directory(values: Any) -> DirectorySettings:
+    """``[directory]``: ``parent = {name, url}``, ``children = [{name, url, serves}, ...]``."""
+    if not isinstance(values, dict):
+        raise ConfigError("[directory] must be a table", detail={"key": "directory"})
+    unknown = sorted(set(values) - {"parent", "children"})
+    if unknown:
+        raise ConfigError(
+            f"unknown setting [directory] {unknown[0]}", detail={"key": f"directory.{unknown[0]}"}
+        )
+    parent = values.get("parent")
+    children = values.get("children", [])
+    if not isinstance(children, list):
+        raise ConfigError(
+            "[directory] children must be a list of tables", detail={"key": "directory.children"}
+        )
+    return DirectorySettings(
+        parent=None if parent is None else _peer("[directory] parent", parent, child=False),
+        children=tuple(
+            _peer(f"[directory] children[{i}]", c, child=True) for i, c in enumerate(children)
+        ),
+    )
+
+
 def _validate(settings: Settings) -> None:
     """Cross-field rules, each error naming its key."""
     from gateway.agency import AgencyCode
@@ -315,6 +447,24 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 f"[node] agencies: {exc.message}", detail={"key": "node.agencies"}
             ) from None
+    for peer in settings.directory.children:
+        for code in peer.serves:
+            if not AgencyCode.is_valid(code):
+                raise ConfigError(
+                    f"[directory] child {peer.name} serves {code!r}, not an agency code",
+                    detail={"key": "directory.children"},
+                )
+    if settings.delivery.batch_size > MAX_RELAY_ITEMS:
+        raise ConfigError(
+            f"[delivery] batch_size must be at most {MAX_RELAY_ITEMS}: a node refuses larger "
+            "relay batches",
+            detail={"key": "delivery.batch_size"},
+        )
+    if settings.delivery.backoff_max < settings.delivery.backoff_initial:
+        raise ConfigError(
+            "[delivery] backoff_max must not be less than backoff_initial",
+            detail={"key": "delivery.backoff_max"},
+        )
     if settings.logging.level not in _LOG_LEVELS:
         raise ConfigError(
             f"[logging] level must be one of {', '.join(_LOG_LEVELS)}",

@@ -6,6 +6,9 @@
         │                             the durable delivery schedule (outbox)
         ├───< events                  the timeline: transport events and business statuses
         │
+        ├───< hops                    the signed hop records (in: how it came; out: where this
+        │                             node sent it) and the next node's signed receipts
+    peers                             the directory: parent and children, as configured
     audit_log                         hash-chained, append-only: every event of the node
     audit_checkpoints                 the chain head, signed by the node key at intervals
 
@@ -35,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -46,7 +50,9 @@ __all__ = [
     "deliveries",
     "documents",
     "events",
+    "hops",
     "metadata",
+    "peers",
 ]
 
 metadata = MetaData(
@@ -142,6 +148,49 @@ deliveries = Table(
     UniqueConstraint("document_seq", "recipient"),
     Index(None, "recipient", "state", "document_seq"),
     Index(None, "next_hop", "state", "next_attempt_at"),
+    #: the outbox: pending rows per next hop, in order
+    Index(
+        "ix_deliveries_pending",
+        "next_hop",
+        "document_seq",
+        "id",
+        sqlite_where=text("next_attempt_at IS NOT NULL"),
+        postgresql_where=text("next_attempt_at IS NOT NULL"),
+    ),
+)
+
+hops = Table(
+    "hops",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("document_seq", _Id, ForeignKey("documents.seq"), nullable=False),
+    #: "in" (a hop that brought the package here) or "out" (a hop this node made)
+    Column("direction", String(3), nullable=False),
+    #: 1 for the first hop from the sender's node, 2 for the next, ...
+    Column("position", Integer, nullable=False),
+    Column("from_node", String(128), nullable=False),
+    Column("to_node", String(128), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    #: SHA-256 hex of the signed hop record's canonical JSON (the next hop's ``prev``)
+    Column("digest", String(64), nullable=False),
+    #: the signed hop record (JSON)
+    Column("record", Text, nullable=False),
+    #: the receiving node's signed receipt for this hop (JSON)
+    Column("receipt", Text, nullable=False),
+    UniqueConstraint("document_seq", "digest"),
+    Index(None, "document_seq", "position"),
+)
+
+peers = Table(
+    "peers",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    #: "parent" or "child"
+    Column("role", String(8), nullable=False),
+    Column("url", Text, nullable=False),
+    #: JSON list of the agency codes a child's subtree serves
+    Column("serves", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 events = Table(

@@ -282,15 +282,17 @@ def test_revoked_client_certificate_is_refused_without_a_restart(node: RunningNo
     revoked = f"{secrets.randbelow(900) + 100:03d}.00.03.H49"
     issued = node.pki.issue(revoked)
     client = node.client(revoked)
-    assert client.get("/api/v1/inbox").status_code == 200  # trusted before the revocation
+    # not hosted here, so an unknown document is 404 while trusted, 401 once revoked
+    probe = "/api/v1/documents/0123456789abcdef0123456789abcdef/status"
+    assert client.get(probe).status_code == 404  # trusted before the revocation
     assert node.process is not None
     pid = node.process.pid
     revoke(node.pki.directory, issued.serial)
     deadline = time.monotonic() + 15
-    response = client.get("/api/v1/inbox")
-    while response.status_code == 200 and time.monotonic() < deadline:
+    response = client.get(probe)
+    while response.status_code == 404 and time.monotonic() < deadline:
         time.sleep(0.2)
-        response = client.get("/api/v1/inbox")
+        response = client.get(probe)
     assert response.status_code == 401, response.text
     assert response.json()["code"] == "AUTH_CERT_UNTRUSTED"
     assert node.process is not None and node.process.pid == pid  # the same process

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,15 +168,58 @@ def test_sign_never_prints_key_material(signed_file: Path, pki: DevPKI) -> None:
     assert b"PRIVATE KEY" not in signed_file.read_bytes()
 
 
-def test_demo_runs_end_to_end_and_leaves_nothing(tmp_path: Path) -> None:
-    """The README's first command: sign, verify, tamper, revoke, each step as expected."""
-    done = run("demo", "--keep", tmp_path / "demo")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "demo behaved as expected" in done.stdout
-    assert "tampered: SIGNATURE_DIGEST_MISMATCH" in done.stdout
-    assert "revoked: CERT_REVOKED" in done.stdout
-    assert (tmp_path / "demo" / "signed.edxml").exists()
-    assert b"PRIVATE KEY" not in done.stdout.encode()
+def test_demo_runs_the_four_tier_network_and_stops_it(tmp_path: Path) -> None:
+    """The README's first command, with --keep: four node processes, documents up and down the
+    tree, statuses back, the district down and its backlog delivered; Ctrl-C stops every node."""
+    keep = tmp_path / "demo"
+    lines: list[str] = []
+    with subprocess.Popen(
+        [GATEWAY, "demo", "--keep", str(keep)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        watchdog = threading.Timer(180, process.kill)
+        watchdog.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line)
+                if "Press Ctrl-C to stop it" in line:
+                    process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+    out = "".join(lines)
+    assert process.returncode == 0, out
+    assert "demo behaved as expected" in out
+    assert "FAILED" not in out
+    for line in (
+        "000.01.01.H49,",  # the commune's document
+        "reached 000.00.00.G12",
+        "reached 000.00.01.H49",
+        "000.00.00.G12's node shows status 06 from 000.01.01.H49, 000.00.01.H49",
+        "h49 retried with backoff",
+        "the backlog reached 000.01.01.H49",
+        "h49's outbox is empty again",
+        "stopping the nodes",
+    ):
+        assert line in out, line
+    assert re.search(r"h49-bachdang +delivered", out)
+    elapsed = re.search(r"elapsed (\d+\.\d) s", out)
+    assert elapsed is not None and float(elapsed.group(1)) < 60, out
+    assert "PRIVATE KEY" not in out
+    # the files stay, the processes do not
+    assert (keep / "h49" / "node.db").exists()
+    assert (keep / "pki" / "ca.cert.pem").exists()
+    ports = {int(p) for p in re.findall(r"https://127\.0\.0\.1:(\d+)", out)}
+    assert len(ports) == 4
+    for port in ports:
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
 
 
 def test_bench_prints_its_figures() -> None:

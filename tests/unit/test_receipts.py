@@ -30,8 +30,13 @@ from gateway.receipts import RECEIPT_FIELDS, make_receipt, verify_receipt
 EC_NODE, RSA_NODE = "receipt-ec", "receipt-rsa"
 G22 = "000.00.00.G22"
 BODY = b"<edXML>stored bytes</edXML>"
+
+
 #: within the validity of the certificates made at test time
-WHEN = dt.datetime.now(dt.UTC).replace(microsecond=123456)
+def _when() -> dt.datetime:
+    """Now, at test time (a time taken at import is stale by the time a long suite gets here,
+    older than certificates the session's PKI issues later)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=123456)
 
 
 def node_key(pki: DevPKI, name: str) -> NodeKey:
@@ -51,7 +56,7 @@ def receipt_for(key: NodeKey, **overrides: Any) -> dict[str, Any]:
         "document_id": "123/QĐ-UBND",
         "sha256": hashlib.sha256(BODY).hexdigest(),
         "size": len(BODY),
-        "received_at": WHEN,
+        "received_at": _when(),
         "received_from": f"agency:{G22}",
     }
     fields.update(overrides)
@@ -80,7 +85,8 @@ def _bump(text: str) -> str:
 
 
 def test_receipt_round_trip(key: NodeKey, pki: DevPKI) -> None:
-    receipt = receipt_for(key)
+    when = _when()
+    receipt = receipt_for(key, received_at=when)
     fields = verify_receipt(receipt, pki.trust())
     assert fields == {
         "v": 1,
@@ -90,7 +96,7 @@ def test_receipt_round_trip(key: NodeKey, pki: DevPKI) -> None:
         "document_id": "123/QĐ-UBND",
         "sha256": hashlib.sha256(BODY).hexdigest(),
         "size": len(BODY),
-        "received_at": WHEN.strftime("%Y-%m-%dT%H:%M:%S.123456Z"),
+        "received_at": when.strftime("%Y-%m-%dT%H:%M:%S.123456Z"),
         "received_from": f"agency:{G22}",
     }
     assert receipt["alg"] == key.algorithm.value

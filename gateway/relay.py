@@ -1,0 +1,552 @@
+"""Receiving a relay batch from a neighbour node: check everything again, store, answer receipts.
+
+A node believes nothing it is told by another node without checking it: for every item of a
+batch it verifies the hop chain (:func:`gateway.hops.verify_hops`: signatures, node
+certificates, digests, no loop, the last hop from the caller to this node), the receipts of the
+earlier hops, and the package itself (:class:`gateway.verification.Verifier`, every check, as at
+ingest) or, for a failure notice, the notice's signature. Items that pass are stored in ONE
+transaction, in order (so a batch keeps the sender's order), each with its hop records, its
+delivery rows (deliver here, or on to the next node) and its audit entry; then each gets a
+receipt signed by this node. An item already stored (same sender and DocumentId, same bytes)
+gets its original receipt back: receive is idempotent, a retried relay is never a second
+document. A refused item is answered with its stable code and recorded in the audit log.
+
+Usage::
+
+    results = receive_batch(node, caller, decode_batch(body, max_items=500))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Connection
+
+from adapters.peer import RelayItem
+from gateway import audit, outbox
+from gateway.agency import AgencyCode
+from gateway.binding import describe
+from gateway.envelope import DocumentPackage, PackageKind, StatusCode, StatusPackage
+from gateway.errors import (
+    DocumentConflict,
+    Forbidden,
+    GatewayError,
+    HopChainBroken,
+    PeerUnknown,
+    ReceiptInvalid,
+    StatusError,
+)
+from gateway.hops import hop_digest, trusted_chain, verify_hops, verify_notice
+from gateway.identity import Identity
+from gateway.ingest import timeline_of
+from gateway.node import Node
+from gateway.nodekey import certificates_from_pem, parse_utc
+from gateway.receipts import make_receipt, verify_receipt
+from gateway.status import TransportState, apply_status, apply_transport
+from gateway.tables import deliveries, documents, events, hops
+
+__all__ = ["receive_batch"]
+
+log = structlog.get_logger("gateway.relay")
+
+_INSERT_DOCUMENT = documents.insert().returning(documents.c.seq)
+
+
+@dataclass(slots=True)
+class _Checked:
+    """An item that passed every check, with what storing it needs."""
+
+    index: int
+    item: RelayItem
+    #: the hop records' signed fields, in order
+    hops: list[dict[str, Any]]
+    sha256: str
+    sender: str
+    document_id: str | None
+    #: the recipients the last hop carried it for
+    recipients: list[str]
+    signer: dict[str, Any]
+    package: DocumentPackage | StatusPackage | None = None
+    notice: dict[str, Any] | None = None
+    signing_time: Any = None
+    subject: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _refusal(exc: GatewayError) -> dict[str, Any]:
+    return {"ok": False, "code": exc.code, "message": exc.message, "detail": exc.detail}
+
+
+def _check(node: Node, caller: str, index: int, item: RelayItem) -> _Checked:
+    data = item.body
+    sha256 = hashlib.sha256(data).hexdigest()
+    chain = verify_hops(
+        item.hops,
+        trust=node.trust,
+        sha256=sha256,
+        size=len(data),
+        to_node=node.name,
+        from_node=caller,
+    )
+    first, last = chain[0], chain[-1]
+    for hop in chain:
+        if (hop["kind"], hop["sender"], hop["document_id"]) != (
+            item.kind,
+            first["sender"],
+            first["document_id"],
+        ):
+            raise HopChainBroken(
+                "the hop records disagree about the package (kind, sender or DocumentId)"
+            )
+    if len(item.receipts) != len(chain) - 1:
+        raise HopChainBroken(
+            f"{len(chain)} hops need {len(chain) - 1} receipts, not {len(item.receipts)}",
+            detail={"hops": len(chain), "receipts": len(item.receipts)},
+        )
+    for position, (receipt, hop) in enumerate(zip(item.receipts, chain, strict=False), 1):
+        try:
+            fields = verify_receipt(receipt, trust=None)  # signature and node binding
+            leaf, *extra = certificates_from_pem(receipt["certificate"])
+            trusted_chain(node.trust, leaf, extra, parse_utc(fields["received_at"]))
+        except GatewayError as exc:
+            raise ReceiptInvalid(
+                f"the receipt of hop {position} does not verify: {exc.message}",
+                detail={"hop": position, "cause": exc.code},
+            ) from None
+        if fields["node"] != hop["to"] or fields["sha256"] != sha256:
+            raise ReceiptInvalid(
+                f"the receipt of hop {position} is not {hop['to']}'s receipt for these bytes",
+                detail={"hop": position},
+            )
+    recipients = list(dict.fromkeys(last["recipients"]))
+    for recipient in recipients:
+        AgencyCode.parse(recipient)
+    checked = _Checked(
+        index=index,
+        item=item,
+        hops=chain,
+        sha256=sha256,
+        sender=first["sender"],
+        document_id=first["document_id"],
+        recipients=recipients,
+        signer={},
+    )
+    if item.kind == "notice":
+        try:
+            notice = json.loads(data)
+        except ValueError:
+            raise HopChainBroken("the failure notice is not JSON") from None
+        fields = verify_notice(notice, trust=node.trust)
+        if fields["sender"] != checked.sender or recipients != [checked.sender]:
+            raise HopChainBroken("a failure notice travels to the sender of the failed package")
+        leaf = certificates_from_pem(notice["certificate"])[0]
+        checked.notice = fields
+        checked.signer = describe(leaf)
+        checked.subject = (
+            "delivered" if fields["event"] == "delivered" else f"delivery failed: {fields['code']}"
+        )
+        checked.signing_time = parse_utc(fields["at"])
+        return checked
+    report = node.verifier.verify(data, now=parse_utc(first["at"]))
+    if not report.valid:
+        error = report.first_error()
+        assert error is not None
+        error.detail.setdefault("errors", [e.code for e in report.errors])
+        raise error
+    package = report.package
+    assert package is not None and report.signer is not None
+    expected = PackageKind.DOCUMENT if item.kind == "document" else PackageKind.STATUS
+    if package.kind is not expected or package.from_.organ_id != checked.sender:
+        raise HopChainBroken(
+            "the hop records describe another package than the one relayed (kind or sender)"
+        )
+    if isinstance(package, DocumentPackage):
+        if package.document_id != checked.document_id:
+            raise HopChainBroken("the hop records name another DocumentId than the package")
+        addressed = {org.organ_id for org in package.to}
+        stray = [r for r in recipients if r not in addressed]
+        if stray:
+            raise HopChainBroken(
+                f"the hop carries the document for {stray[0]}, who is not among its recipients",
+                detail={"recipients": stray},
+            )
+        checked.subject = package.subject
+        own = [t for t in package.trace_headers if t.organ_id.strip() == checked.sender]
+        checked.signing_time = own[-1].timestamp if own else None
+    else:
+        checked.subject = package.description
+        checked.signing_time = package.timestamp
+    checked.package = package
+    checked.signer = describe(report.signer)
+    return checked
+
+
+def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> list[dict[str, Any]]:
+    """Check and store a relay batch from ``caller`` (a neighbour node); one result per item."""
+    if caller.kind != "node" or caller.node is None:
+        raise Forbidden("only a neighbour node may relay packages")
+    directory = node.directory
+    if directory is None or directory.peer(caller.node) is None:
+        with node.writing() as conn:
+            audit.append(
+                conn,
+                event="relay_refuse",
+                actor=f"node:{caller.node}",
+                subject=None,
+                data={"code": PeerUnknown.code, "items": len(items)},
+            )
+        raise PeerUnknown(
+            f"node {caller.node} is not a neighbour of {node.name} in its directory",
+            detail={"node": caller.node},
+        )
+    actor = f"node:{caller.node}"
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    checked: list[_Checked] = []
+    for index, item in enumerate(items):
+        try:
+            checked.append(_check(node, caller.node, index, item))
+        except GatewayError as exc:
+            results[index] = _refusal(exc)
+    refused = [(i, r) for i, r in enumerate(results) if r is not None]
+    woken: set[str] = set()
+    with node.writing() as conn:
+        for index, result in refused:
+            item = items[index]
+            audit.append(
+                conn,
+                event="relay_refuse",
+                actor=actor,
+                subject=None,
+                data={
+                    "code": result["code"],
+                    "kind": item.kind,
+                    "size": len(item.body),
+                    "sha256": hashlib.sha256(item.body).hexdigest(),
+                },
+            )
+        arrivals: _Arrivals = {}
+        for c in checked:
+            try:
+                results[c.index] = _store(conn, node, actor, c, woken, arrivals)
+            except GatewayError as exc:
+                results[c.index] = _refusal(exc)
+                audit.append(
+                    conn,
+                    event="relay_refuse",
+                    actor=actor,
+                    subject=None,
+                    data={"code": exc.code, "kind": c.item.kind, "sha256": c.sha256},
+                )
+        # one "delivered" notice per sender for the whole batch, not one per package
+        for sender, delivered in arrivals.items():
+            woken |= outbox.notify_delivered(conn, node, sender, delivered)
+    for index, result in refused:
+        log.info("relay.refused", peer=caller.node, item=index, code=result["code"])
+    node.wake(woken)
+    out = [r for r in results if r is not None]
+    assert len(out) == len(items)
+    return out
+
+
+def _dedup_key(c: _Checked) -> str:
+    if c.item.kind == "notice":
+        return f"notice|sha256:{c.sha256}"
+    if c.document_id:
+        return f"{c.sender}|id:{c.document_id}"
+    return f"{c.sender}|sha256:{c.sha256}"
+
+
+#: per sender agency: (package seq, recipients hosted here, path) of packages delivered here
+_Arrivals = dict[str, list[tuple[int, list[str], list[list[str]]]]]
+
+
+def _store(
+    conn: Connection, node: Node, actor: str, c: _Checked, woken: set[str], arrivals: _Arrivals
+) -> dict[str, Any]:
+    """Store one checked item (or find it stored already); its result for the sender."""
+    now = node.now()
+    key = _dedup_key(c)
+    existing = conn.execute(
+        select(documents.c.seq, documents.c.id, documents.c.sha256, documents.c.receipt).where(
+            documents.c.dedup_key == key
+        )
+    ).first()
+    if existing is not None:
+        if existing.sha256 != c.sha256:
+            raise DocumentConflict(
+                "a package with this sender and DocumentId is already stored with different bytes",
+                detail={"existing": existing.id, "dedup_key": key},
+            )
+        present = set(
+            conn.execute(
+                select(deliveries.c.recipient).where(deliveries.c.document_seq == existing.seq)
+            ).scalars()
+        )
+        added = [r for r in c.recipients if r not in present]
+        if added:
+            woken |= outbox.add_deliveries(
+                conn,
+                node,
+                existing.seq,
+                added,
+                actor,
+                in_transit=True,
+                came_through=[hop["from"] for hop in c.hops],
+            )
+        woken |= outbox.rearm_failed(conn, node, existing.seq, c.recipients, actor)
+        audit.append(
+            conn,
+            event="relay_repeat",
+            actor=actor,
+            subject=existing.id,
+            data={"sha256": c.sha256, "added_recipients": added},
+        )
+        return {"ok": True, "receipt": json.loads(existing.receipt), "duplicate": True}
+    about = _about(conn, c)
+    gid = node.new_id()
+    receipt = make_receipt(
+        node.key,
+        node=node.name,
+        document=gid,
+        sender=c.sender,
+        document_id=c.document_id,
+        sha256=c.sha256,
+        size=len(c.item.body),
+        received_at=now,
+        received_from=actor,
+    )
+    seq = conn.execute(
+        _INSERT_DOCUMENT,
+        {
+            "id": gid,
+            "kind": c.item.kind,
+            "sender": c.sender,
+            "document_id": c.document_id,
+            "dedup_key": key,
+            "sha256": c.sha256,
+            "size": len(c.item.body),
+            "envelope": c.item.body,
+            "subject": c.subject,
+            "status_code": c.package.status_code.value
+            if isinstance(c.package, StatusPackage)
+            else None,
+            "about_seq": about,
+            "signer": json.dumps(c.signer, ensure_ascii=False, sort_keys=True),
+            "signing_time": c.signing_time,
+            "received_at": now,
+            "received_from": actor,
+            "receipt": json.dumps(receipt, ensure_ascii=False, sort_keys=True),
+        },
+    ).scalar_one()
+    carried = [*c.item.receipts, receipt]
+    conn.execute(
+        hops.insert(),
+        [
+            {
+                "document_seq": seq,
+                "direction": "in",
+                "position": position,
+                "from_node": hop["from"],
+                "to_node": hop["to"],
+                "at": parse_utc(hop["at"]),
+                "digest": hop_digest(record),
+                "record": json.dumps(record, ensure_ascii=False, sort_keys=True),
+                "receipt": json.dumps(carried[position - 1], ensure_ascii=False, sort_keys=True),
+            }
+            for position, (hop, record) in enumerate(zip(c.hops, c.item.hops, strict=True), 1)
+        ],
+    )
+    woken |= outbox.add_deliveries(
+        conn,
+        node,
+        seq,
+        c.recipients,
+        actor,
+        in_transit=True,
+        came_through=[hop["from"] for hop in c.hops],
+    )
+    if c.item.kind == "document":
+        here = [r for r in c.recipients if r in node.hosted]
+        if here:
+            path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
+            arrivals.setdefault(c.sender, []).append((seq, here, path))
+    if c.notice is not None and c.notice["event"] == "delivered":
+        for item in c.notice["items"]:
+            key = (
+                f"{c.sender}|id:{item['document_id']}"
+                if item["document_id"]
+                else f"{c.sender}|sha256:{item['sha256']}"
+            )
+            arrived = conn.execute(
+                select(documents.c.seq).where(documents.c.dedup_key == key)
+            ).scalar()
+            if arrived is not None:
+                outbox.mark_delivered(
+                    conn,
+                    node,
+                    arrived,
+                    item["recipients"],
+                    path=item["path"],
+                    at_node=c.notice["node"],
+                    actor=actor,
+                )
+        # the node's own business: never in the sender's DMS inbox
+        conn.execute(
+            update(deliveries)
+            .where(and_(deliveries.c.document_seq == seq, deliveries.c.next_hop == "local"))
+            .values(state=TransportState.ACKNOWLEDGED.value)
+        )
+    if about is not None:
+        if c.notice is not None:
+            outbox.mark_failed(
+                conn,
+                node,
+                about,
+                c.notice["recipients"],
+                code=c.notice["code"],
+                message=c.notice["message"],
+                at_node=c.notice["node"],
+                actor=actor,
+            )
+        elif isinstance(c.package, StatusPackage):
+            _apply_status(conn, node, about, c.package, actor, seq)
+    audit.append(
+        conn,
+        event="relay_in",
+        actor=actor,
+        subject=gid,
+        data={
+            "kind": c.item.kind,
+            "sender": c.sender,
+            "document_id": c.document_id,
+            "sha256": c.sha256,
+            "size": len(c.item.body),
+            "recipients": c.recipients,
+            "hops": len(c.hops),
+            "hop_digest": hop_digest(c.item.hops[-1]),
+        },
+    )
+    return {"ok": True, "receipt": receipt, "duplicate": False}
+
+
+def _about(conn: Connection, c: _Checked) -> int | None:
+    """The seq of the document a status or notice is about, when this node has it."""
+    if c.notice is not None:
+        fields = c.notice
+        if fields["event"] == "delivered":
+            return None  # about several packages: see its items
+        if fields["document_id"]:
+            key = f"{fields['sender']}|id:{fields['document_id']}"
+        else:
+            key = f"{fields['sender']}|sha256:{fields['sha256']}"
+    elif isinstance(c.package, StatusPackage):
+        target = c.package.response_for
+        if target is None or not target.document_id or not target.organ_id:
+            return None
+        key = f"{target.organ_id}|id:{target.document_id}"
+    else:
+        return None
+    seq: int | None = conn.execute(
+        select(documents.c.seq).where(documents.c.dedup_key == key)
+    ).scalar()
+    return seq
+
+
+def _apply_status(
+    conn: Connection, node: Node, about: int, package: StatusPackage, actor: str, status_seq: int
+) -> None:
+    """Record a relayed business status on the document's timeline here, when it fits.
+
+    The recipient's node already judged the status; a relay node only keeps its copy of the
+    timeline in step. A status from the recipient proves delivery, so ``delivered`` is applied
+    first (and a delivery this node had marked failed is put right). A status that does not fit
+    this node's copy (it arrived before an earlier one) is still relayed, not refused.
+    """
+    row = conn.execute(select(documents.c.sender).where(documents.c.seq == about)).first()
+    if row is None:
+        return
+    reporter = package.from_.organ_id
+    recipients = [
+        r
+        for (r,) in conn.execute(
+            select(deliveries.c.recipient).where(deliveries.c.document_seq == about)
+        )
+    ]
+    if package.status_code is StatusCode.TAKE_BACK_REQUESTED:
+        concerned = recipients
+    else:
+        concerned = [reporter] if reporter in recipients else []
+    now = node.now()
+    for recipient in concerned:
+        timeline = timeline_of(conn, about, row.sender, recipient)
+        try:
+            if package.status_code is not StatusCode.TAKE_BACK_REQUESTED:
+                if timeline.transport is TransportState.FAILED:
+                    _event(conn, about, recipient, now, "transport", "accepted", node, actor)
+                    timeline = timeline_of(conn, about, row.sender, recipient)
+                if timeline.transport in (TransportState.ACCEPTED, TransportState.IN_TRANSIT):
+                    apply_transport(timeline, TransportState.DELIVERED)
+                    _event(conn, about, recipient, now, "transport", "delivered", node, actor)
+                    conn.execute(
+                        update(deliveries)
+                        .where(
+                            and_(
+                                deliveries.c.document_seq == about,
+                                deliveries.c.recipient == recipient,
+                            )
+                        )
+                        .values(
+                            state=TransportState.DELIVERED.value,
+                            next_attempt_at=None,
+                            updated_at=now,
+                        )
+                    )
+                    timeline = timeline_of(conn, about, row.sender, recipient)
+            before = timeline
+            after = apply_status(timeline, package.status_code, reporter=reporter)
+        except StatusError as exc:
+            log.info("relay.status_not_applied", code=exc.code, recipient=recipient)
+            continue
+        if after != before:
+            _event(
+                conn,
+                about,
+                recipient,
+                now,
+                "status",
+                package.status_code.value,
+                node,
+                f"agency:{reporter}",
+                status_seq,
+            )
+
+
+def _event(
+    conn: Connection,
+    seq: int,
+    recipient: str,
+    at: Any,
+    kind: str,
+    code: str,
+    node: Node,
+    actor: str,
+    status_seq: int | None = None,
+) -> None:
+    conn.execute(
+        events.insert().values(
+            document_seq=seq,
+            recipient=recipient,
+            at=at,
+            kind=kind,
+            code=code,
+            node=node.name,
+            actor=actor,
+            status_seq=status_seq,
+        )
+    )

@@ -1,0 +1,366 @@
+"""The outbox and the relay, in one process: two nodes, real databases, the real framing.
+
+The transport between them is the only stand-in: it hands the encoded batch to the other
+node's :func:`gateway.relay.receive_batch` (the HTTPS path is covered by the acceptance tests),
+or raises :class:`PeerUnavailable` as a dead network would. The sending node runs on each
+engine (``db_url``); the receiving node on SQLite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factory import document, signed
+from sqlalchemy import func, select
+from support import DevPKI
+
+from adapters.peer import ItemResult, RelayItem, decode_batch, encode_batch
+from gateway import db
+from gateway.devnode import write_node_config
+from gateway.errors import PeerUnavailable
+from gateway.hops import verify_hops, verify_notice
+from gateway.identity import Identity
+from gateway.inbox import fetch, list_inbox, status_view
+from gateway.ingest import ingest_document
+from gateway.node import Node
+from gateway.outbox import Dispatcher, list_deliveries, requeue
+from gateway.receipts import verify_receipt
+from gateway.relay import receive_batch
+from gateway.routing import Peer
+from gateway.settings import load_settings
+from gateway.tables import audit_log, deliveries, documents, hops
+
+G12 = "000.00.00.G12"
+H49 = "000.00.00.H49"
+
+
+class Clock:
+    """The nodes' clock, moved by hand: backoff and age budgets without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@dataclass
+class Direct:
+    """Hands relay batches to the other node in-process; ``down`` makes it a dead network."""
+
+    nodes: dict[str, Node]
+    sender: Node
+    down: bool = False
+    tamper: bool = False
+    calls: list[int] = field(default_factory=list)
+
+    def send(self, peer: Peer, items: Sequence[RelayItem]) -> list[ItemResult]:
+        self.calls.append(len(items))
+        if self.down:
+            raise PeerUnavailable(f"{peer.name} cannot be reached: ConnectError")
+        body = encode_batch(items)
+        if self.tamper:
+            body = body[:-40] + bytes([body[-40] ^ 1]) + body[-39:]
+        caller = Identity(
+            kind="node", node=self.sender.name, certificate=self.sender.key.certificate
+        )
+        results = receive_batch(self.nodes[peer.name], caller, decode_batch(body, max_items=1000))
+        return [
+            ItemResult(
+                ok=r["ok"],
+                receipt=r.get("receipt"),
+                duplicate=bool(r.get("duplicate")),
+                code=r.get("code"),
+                message=r.get("message"),
+            )
+            for r in results
+        ]
+
+
+def _node(tmp: Path, pki: DevPKI, url: str, clock: Clock, **sections: Any) -> Node:
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = write_node_config(
+        tmp / "node.toml",
+        node=pki.issue(sections["name"], key_type="ec-p256"),
+        ca=pki.ca,
+        database_url=url,
+        **sections,
+    )
+    settings = load_settings(config, environ={})
+    engine = db.make_engine(settings)
+    db.upgrade(engine)
+    return dataclasses.replace(Node.from_settings(settings, engine), clock=clock)
+
+
+DELIVERY = {
+    "backoff_initial": 10,
+    "backoff_max": 100,
+    "backoff_jitter": 1,
+    "breaker_threshold": 3,
+    "breaker_probe_interval": 0.2,
+    "max_attempts": 5,
+    "max_age": 5000,
+}
+
+
+@dataclass
+class Pair:
+    province: Node
+    central: Node
+    clock: Clock
+    transport: Direct
+    back: Direct
+    dispatcher: Dispatcher
+    central_dispatcher: Dispatcher
+    pki: DevPKI
+
+    def push(self, sender: str, recipients: list[str]) -> bytes:
+        data = signed(document(sender, recipients), self.pki.key(sender))
+        node = self.province if sender == H49 else self.central
+        ingest_document(node, data, caller=_agency(self, sender))
+        return data
+
+
+def _code(text: str) -> Any:
+    from gateway.agency import AgencyCode
+
+    return AgencyCode.parse(text)
+
+
+@pytest.fixture
+def pair(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[Pair]:
+    clock = Clock()
+    central_url = "https://127.0.0.1:1"
+    province_url = "https://127.0.0.1:2"
+    province = _node(
+        tmp_path / "h49",
+        pki,
+        db_url,
+        clock,
+        name="h49",
+        agencies=[H49],
+        tier="province",
+        parent={"name": "central", "url": central_url},
+        extra={"delivery": DELIVERY},
+    )
+    central = _node(
+        tmp_path / "central",
+        pki,
+        f"sqlite:///{tmp_path / 'central.db'}",
+        clock,
+        name="central",
+        agencies=[G12],
+        tier="central",
+        children=[{"name": "h49", "url": province_url, "serves": [H49]}],
+        extra={"delivery": DELIVERY},
+    )
+    nodes = {"h49": province, "central": central}
+    transport = Direct(nodes, province)
+    back = Direct(nodes, central)
+    yield Pair(
+        province=province,
+        central=central,
+        clock=clock,
+        transport=transport,
+        back=back,
+        dispatcher=Dispatcher(province, transport),
+        central_dispatcher=Dispatcher(central, back),
+        pki=pki,
+    )
+    province.engine.dispose()
+    central.engine.dispose()
+
+
+def _agency(pair: Pair, code: str) -> Identity:
+    return Identity(kind="agency", agency=_code(code), certificate=pair.pki.key(code).certificate)
+
+
+def _rows(node: Node) -> list[Any]:
+    with node.reader.connect() as conn:
+        return list(conn.execute(select(deliveries).order_by(deliveries.c.id)))
+
+
+def test_a_relayed_document_arrives_with_signed_hops_and_the_sender_sees_delivered(
+    pair: Pair,
+) -> None:
+    data = pair.push(H49, [G12])
+    assert pair.dispatcher.run_peer("central") == 1
+    inbox = list_inbox(pair.central, _agency(pair, G12)).items
+    assert len(inbox) == 1
+    assert fetch(pair.central, _agency(pair, G12), inbox[0]["id"]) == data  # byte for byte
+    # the province keeps its hop record and central's receipt; central keeps the chain
+    with pair.province.reader.connect() as conn:
+        out = conn.execute(select(hops).where(hops.c.direction == "out")).one()
+    receipt = verify_receipt(json.loads(out.receipt), trust=pair.pki.trust())
+    assert receipt["node"] == "central"
+    with pair.central.reader.connect() as conn:
+        chain = conn.execute(select(hops).where(hops.c.direction == "in")).all()
+    fields = verify_hops(
+        [json.loads(h.record) for h in chain],
+        trust=pair.pki.trust(),
+        sha256=receipt["sha256"],
+        size=len(data),
+        to_node="central",
+    )
+    assert [(f["from"], f["to"]) for f in fields] == [("h49", "central")]
+    # central tells the province it delivered: the sender's timeline shows it
+    assert pair.central_dispatcher.run_peer("h49") == 1
+    sent = status_view(pair.province, _agency(pair, H49), _doc_id(pair.province))
+    events = [(e["code"], e["node"]) for e in sent["recipients"][0]["events"]]
+    assert events == [("accepted", "h49"), ("in_transit", "central"), ("delivered", "central")]
+    assert sent["recipients"][0]["transport"] == "delivered"
+    # the delivered notice is the node's business, not the sender DMS's
+    assert list_inbox(pair.province, _agency(pair, H49)).items == []
+
+
+def _doc_id(node: Node) -> str:
+    with node.reader.connect() as conn:
+        return str(
+            conn.execute(
+                select(documents.c.id).where(documents.c.kind == "document").limit(1)
+            ).scalar_one()
+        )
+
+
+def test_a_retried_relay_is_the_same_document_with_the_same_receipt(pair: Pair) -> None:
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    with pair.province.reader.connect() as conn:
+        doc = conn.execute(select(documents).where(documents.c.kind == "document")).one()
+        chain = conn.execute(select(hops)).all()
+    record = json.loads(chain[0].record)
+    item = RelayItem(kind="document", body=bytes(doc.envelope), hops=[record], receipts=[])
+    again = pair.transport.send(Peer("central", "https://x"), [item])
+    assert again[0].ok and again[0].duplicate
+    assert again[0].receipt == json.loads(chain[0].receipt)
+    with pair.central.reader.connect() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(documents).where(documents.c.kind == "document")
+        ).scalar()
+        rows = conn.execute(select(func.count()).select_from(deliveries)).scalar()
+    assert (stored, rows) == (1, 2)  # the document for G12, and the delivered notice back
+
+
+def test_an_unreachable_peer_is_retried_with_backoff_then_tripped_and_drained_in_order(
+    pair: Pair,
+) -> None:
+    pair.transport.down = True
+    sent = [pair.push(H49, [G12]) for _ in range(4)]
+    assert pair.dispatcher.run_peer("central") == 0
+    rows = _rows(pair.province)
+    assert [r.attempts for r in rows] == [1, 1, 1, 1]
+    waits = [(r.next_attempt_at - pair.clock.now).total_seconds() for r in rows]
+    assert all(10 <= w <= 11 for w in waits), waits  # backoff_initial 10 s + jitter <= 1 s
+    assert all("ConnectError" in r.last_error for r in rows)
+    calls = len(pair.transport.calls)
+    pair.dispatcher.run_peer("central")
+    assert len(pair.transport.calls) == calls, "nothing is due: the peer is not hammered"
+    for _ in range(2):  # two more failures trip the breaker (threshold 3)
+        pair.clock.advance(200)
+        pair.dispatcher.run_peer("central")
+    assert pair.dispatcher.breaker("central")["state"] == "open"
+    attempts = [r.attempts for r in _rows(pair.province)]
+    pair.clock.advance(10_000)  # every row due: the open breaker still holds them back
+    calls = len(pair.transport.calls)
+    pair.dispatcher.run_peer("central")
+    assert len(pair.transport.calls) == calls
+    time.sleep(0.25)  # the probe interval (0.2 s)
+    pair.transport.down = False
+    pair.clock.advance(-10_000)  # the rows' backoff is not over: the probe ignores it
+    assert pair.dispatcher.run_peer("central") == 4
+    assert pair.dispatcher.breaker("central")["state"] == "closed"
+    assert max(attempts) == 3
+    inbox = list_inbox(pair.central, _agency(pair, G12)).items
+    order = [fetch(pair.central, _agency(pair, G12), i["id"]) for i in inbox]
+    assert order == sent, "the backlog arrives in the order it was sent"
+    with pair.province.reader.connect() as conn:
+        logged = [e for (e,) in conn.execute(select(audit_log.c.event))]
+    assert "peer_down" in logged and "peer_up" in logged
+
+
+def test_after_the_retry_budget_the_delivery_is_dead_lettered_and_the_sender_told(
+    pair: Pair,
+) -> None:
+    pair.transport.down = True
+    pair.push(H49, [G12])
+    for _ in range(5):  # max_attempts 5; a fresh dispatcher each time (a restarted process),
+        # so the breaker (threshold 3, whose probes do not use up attempts) stays closed
+        Dispatcher(pair.province, pair.transport).run_peer("central")
+        pair.clock.advance(1000)
+    row = _rows(pair.province)[0]
+    assert row.state == "failed", row
+    assert row.last_error.startswith("RELAY_PEER_UNAVAILABLE")
+    notices = list_inbox(pair.province, _agency(pair, H49)).items
+    assert [n["kind"] for n in notices] == ["notice"]
+    notice = json.loads(fetch(pair.province, _agency(pair, H49), notices[0]["id"]))
+    fields = verify_notice(notice, trust=pair.pki.trust())
+    assert (fields["event"], fields["code"], fields["recipients"]) == (
+        "failed",
+        "RELAY_PEER_UNAVAILABLE",
+        [G12],
+    )
+    view = status_view(pair.province, _agency(pair, H49), _doc_id(pair.province))
+    assert view["recipients"][0]["transport"] == "failed"
+    # an admin requeues it once the peer is back: delivered exactly once
+    pair.transport.down = False
+    failed = [d["id"] for d in list_deliveries(pair.province, state="failed")]
+    assert requeue(pair.province, failed, actor="admin:test") == failed
+    assert pair.dispatcher.run_peer("central") == 1
+    assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1
+
+
+def test_a_peer_down_longer_than_the_age_budget_dead_letters_its_backlog(pair: Pair) -> None:
+    pair.transport.down = True
+    pair.push(H49, [G12])
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    assert pair.dispatcher.housekeeping() == 0
+    pair.clock.advance(DELIVERY["max_age"] + 1)
+    assert pair.dispatcher.housekeeping() == 2
+    assert {r.state for r in _rows(pair.province) if r.recipient == G12} == {"failed"}
+    notices = list_inbox(pair.province, _agency(pair, H49)).items
+    assert [n["kind"] for n in notices] == ["notice", "notice"]
+
+
+def test_a_package_tampered_in_transit_is_refused_and_dead_lettered_with_the_code(
+    pair: Pair,
+) -> None:
+    pair.transport.tamper = True
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    row = _rows(pair.province)[0]
+    assert row.state == "failed"
+    assert row.last_error.startswith("RELAY_ENVELOPE_TAMPERED")
+    assert list_inbox(pair.central, _agency(pair, G12)).items == []
+    with pair.central.reader.connect() as conn:
+        refused = [
+            json.loads(d)["code"]
+            for (d,) in conn.execute(
+                select(audit_log.c.data).where(audit_log.c.event == "relay_refuse")
+            )
+        ]
+    assert refused == ["RELAY_ENVELOPE_TAMPERED"]
+
+
+def test_a_lease_keeps_rows_from_a_second_worker_until_it_runs_out(pair: Pair) -> None:
+    for _ in range(3):
+        pair.push(H49, [G12])
+    first = Dispatcher(pair.province, pair.transport, worker="a")
+    second = Dispatcher(pair.province, pair.transport, worker="b")
+    peer = Peer("central", "https://x")
+    claimed = first._claim(peer, probe=False)
+    assert len(claimed) == 3
+    assert second._claim(peer, probe=False) == []
+    pair.clock.advance(pair.province.settings.delivery.lease + 1)  # worker a died
+    assert len(second._claim(peer, probe=False)) == 3
