@@ -79,7 +79,7 @@ def node_name_of(cert: x509.Certificate) -> str | None:
     Usage: ``node_name_of(peer_cert) == "h49-hub"``. Two different names raise
     :class:`SignerUnbound`.
     """
-    names = sorted(set(_uris_with_prefix(cert, NODE_URN_PREFIX)))
+    names = _node_names(cert)
     if len(names) > 1:
         raise SignerUnbound(
             f"{rfc4514_name(cert.subject)} binds more than one node name: {', '.join(names)}",
@@ -88,12 +88,22 @@ def node_name_of(cert: x509.Certificate) -> str | None:
     return names[0] if names and names[0] else None
 
 
+@functools.lru_cache(maxsize=512)
+def _node_names(cert: x509.Certificate) -> tuple[str, ...]:
+    return tuple(sorted(set(_uris_with_prefix(cert, NODE_URN_PREFIX))))
+
+
 def describe(cert: x509.Certificate) -> dict[str, Any]:
     """A JSON-ready summary of a certificate for reports and evidence bundles.
 
     Usage: ``json.dumps(describe(leaf))``. Never raises on an odd binding: a certificate
     binding two codes is described with ``agency_code: None`` and ``binding_error``.
     """
+    return dict(_describe(cert))
+
+
+@functools.lru_cache(maxsize=512)
+def _describe(cert: x509.Certificate) -> dict[str, Any]:
     out: dict[str, Any] = {
         "subject": rfc4514_name(cert.subject),
         "issuer": rfc4514_name(cert.issuer),

@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,12 +98,21 @@ def parse_utc(text: str) -> dt.datetime:
 
 
 def certificates_from_pem(pem: str) -> list[x509.Certificate]:
-    """Certificates in a PEM text (leaf first); :class:`CertificateMalformed` if there are none."""
+    """Certificates in a PEM text (leaf first); :class:`CertificateMalformed` if there are none.
+
+    The same few node certificates sign every hop record, receipt and notice: a text seen
+    before gives back the same (immutable) certificate objects, whose extensions cryptography
+    has already decoded.
+    """
+    return list(_certificates(pem))
+
+
+@functools.lru_cache(maxsize=512)
+def _certificates(pem: str) -> tuple[x509.Certificate, ...]:
     try:
-        certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
+        return tuple(x509.load_pem_x509_certificates(pem.encode("ascii")))
     except (ValueError, UnicodeEncodeError) as exc:
         raise CertificateMalformed(f"the embedded certificate is not readable PEM: {exc}") from None
-    return certs
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -183,6 +193,7 @@ class NodeKey:
         return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
+@functools.lru_cache(maxsize=512)
 def algorithm_of(cert: x509.Certificate) -> Algorithm | None:
     """The algorithm a certificate's key verifies, or None for keys a node may not use."""
     key = cert.public_key()

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 import structlog
 import tenacity
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.peer import ItemResult, RelayItem
@@ -61,7 +61,7 @@ from gateway.errors import (
     RouteLoop,
     StatusTransitionInvalid,
 )
-from gateway.hops import hop_digest, sign_hop, sign_notice, trusted_chain
+from gateway.hops import sign_hop, sign_notice, trusted_chain
 from gateway.node import LOCAL, Node
 from gateway.nodekey import canonical_json, certificates_from_pem, parse_utc
 from gateway.receipts import make_receipt, verify_receipt
@@ -74,9 +74,11 @@ __all__ = [
     "Dispatcher",
     "Transport",
     "add_deliveries",
+    "add_deliveries_many",
     "backoff",
     "list_deliveries",
     "mark_delivered",
+    "mark_delivered_many",
     "mark_failed",
     "notify_delivered",
     "requeue",
@@ -137,29 +139,34 @@ def _event(
 # --- rows ------------------------------------------------------------------------------------
 
 
-def add_deliveries(
-    conn: Connection,
+#: built once: SQLAlchemy compiles a statement per distinct construct, not per row
+_INSERT_DELIVERIES = deliveries.insert()
+_INSERT_EVENTS = events.insert()
+_INSERT_HOPS = hops.insert()
+
+
+@dataclass(slots=True)
+class _Routed:
+    """Delivery rows and timeline events for packages stored in one transaction."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: (package seq, error code) -> (recipients, messages) that cannot be routed
+    failures: dict[tuple[int, str], tuple[list[str], list[str]]] = field(default_factory=dict)
+    woken: set[str] = field(default_factory=set)
+
+
+def _route(
+    routed: _Routed,
     node: Node,
     seq: int,
     recipients: Sequence[str],
     actor: str,
+    now: dt.datetime,
     *,
     in_transit: bool,
-    came_through: Sequence[str] = (),
-) -> set[str]:
-    """Route ``recipients`` of a stored package and insert their delivery rows and events.
-
-    A hosted recipient's row is ``delivered`` at once (its DMS pulls it); a recipient beyond a
-    peer gets a waiting outbox row; a recipient nobody serves, or whose next hop is a node the
-    package already passed through (``came_through``: a loop), gets a ``failed`` row and the
-    sender a failure notice. Returns the peers to wake.
-    """
-    now = node.now()
-    rows: list[dict[str, Any]] = []
-    timeline: list[dict[str, Any]] = []
-    failures: dict[str, list[str]] = {}
-    problems: list[str] = []
-    woken: set[str] = set()
+    came_through: Sequence[str],
+) -> None:
     arrived = TransportState.IN_TRANSIT if in_transit else TransportState.ACCEPTED
     for recipient in recipients:
         failure: GatewayError | None = None
@@ -179,12 +186,13 @@ def add_deliveries(
             state = TransportState.DELIVERED
         elif failure is not None:
             state = TransportState.FAILED
-            failures.setdefault(failure.code, []).append(recipient)
-            problems.append(failure.message)
+            failed, messages = routed.failures.setdefault((seq, failure.code), ([], []))
+            failed.append(recipient)
+            messages.append(failure.message)
         else:
-            woken.add(hop)
+            routed.woken.add(hop)
         waiting = hop not in (LOCAL, UNROUTABLE)
-        rows.append(
+        routed.rows.append(
             {
                 "document_seq": seq,
                 "recipient": recipient,
@@ -199,18 +207,72 @@ def add_deliveries(
                 "lease_until": None,
             }
         )
-        timeline.append(_event(seq, recipient, now, arrived.value, node.name, actor))
+        routed.timeline.append(_event(seq, recipient, now, arrived.value, node.name, actor))
         if state is not arrived:
             description = None if failure is None else f"{failure.code}: {failure.message}"
-            timeline.append(_event(seq, recipient, now, state.value, node.name, actor, description))
-    if rows:
-        conn.execute(deliveries.insert(), rows)
-        conn.execute(events.insert(), timeline)
-    for code, failed in failures.items():
+            routed.timeline.append(
+                _event(seq, recipient, now, state.value, node.name, actor, description)
+            )
+
+
+def _insert_routed(conn: Connection, node: Node, routed: _Routed) -> set[str]:
+    if routed.rows:
+        conn.execute(_INSERT_DELIVERIES, routed.rows)
+        conn.execute(_INSERT_EVENTS, routed.timeline)
+    woken = set(routed.woken)
+    for (seq, code), (failed, messages) in routed.failures.items():
         woken |= _notify(
-            conn, node, seq, failed, code=code, message="; ".join(problems), failed_hop=None
+            conn, node, seq, failed, code=code, message="; ".join(messages), failed_hop=None
         )
     return woken
+
+
+def add_deliveries(
+    conn: Connection,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    actor: str,
+    *,
+    in_transit: bool,
+    came_through: Sequence[str] = (),
+) -> set[str]:
+    """Route ``recipients`` of a stored package and insert their delivery rows and events.
+
+    A hosted recipient's row is ``delivered`` at once (its DMS pulls it); a recipient beyond a
+    peer gets a waiting outbox row; a recipient nobody serves, or whose next hop is a node the
+    package already passed through (``came_through``: a loop), gets a ``failed`` row and the
+    sender a failure notice. Returns the peers to wake.
+    """
+    return add_deliveries_many(
+        conn, node, [(seq, recipients, came_through)], actor, in_transit=in_transit
+    )
+
+
+def add_deliveries_many(
+    conn: Connection,
+    node: Node,
+    packages: Sequence[tuple[int, Sequence[str], Sequence[str]]],
+    actor: str,
+    *,
+    in_transit: bool,
+) -> set[str]:
+    """:func:`add_deliveries` for several stored packages, (seq, recipients, came through)
+    each, with one insert of all their rows and one of all their events."""
+    routed = _Routed()
+    now = node.now()
+    for seq, recipients, came_through in packages:
+        _route(
+            routed,
+            node,
+            seq,
+            recipients,
+            actor,
+            now,
+            in_transit=in_transit,
+            came_through=came_through,
+        )
+    return _insert_routed(conn, node, routed)
 
 
 def mark_failed(
@@ -433,39 +495,92 @@ def mark_delivered(
 ) -> None:
     """Record a delivery reported by ``at_node``: each hop of ``path`` the timeline does not
     show yet (its node and time), then ``delivered``."""
-    rows = conn.execute(
-        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state).where(
-            and_(deliveries.c.document_seq == seq, deliveries.c.recipient.in_(list(recipients)))
-        )
-    ).all()
-    moving = [r for r in rows if r.state in (*_WAITING_STATES, TransportState.FAILED.value)]
-    if not moving:
-        return
-    now = node.now()
-    seen = {
-        (r.recipient, r.node)
-        for r in conn.execute(
-            select(events.c.recipient, events.c.node).where(
-                and_(events.c.document_seq == seq, events.c.code == "in_transit")
-            )
-        )
-    }
-    timeline: list[dict[str, Any]] = []
-    for r in moving:
-        if r.state == TransportState.FAILED.value:
-            # requeued downstream after a failure notice: the delivery proves it went on
-            timeline.append(_event(seq, r.recipient, now, "accepted", at_node, actor, "requeued"))
-        for _, to, at in path:
-            if (r.recipient, to) in seen or to == at_node:
-                continue
-            timeline.append(_event(seq, r.recipient, parse_utc(at), "in_transit", to, actor))
-        timeline.append(_event(seq, r.recipient, now, "delivered", at_node, actor))
-    conn.execute(events.insert(), timeline)
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id.in_([r.id for r in moving]))
-        .values(state=TransportState.DELIVERED.value, next_attempt_at=None, updated_at=now)
+    mark_delivered_many(conn, node, [(seq, recipients, path)], at_node=at_node, actor=actor)
+
+
+_DELIVERY_ROWS_OF = select(
+    deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient, deliveries.c.state
+).where(deliveries.c.document_seq.in_(bindparam("seqs", expanding=True)))
+_IN_TRANSIT_SEEN = select(events.c.document_seq, events.c.recipient, events.c.node).where(
+    and_(
+        events.c.document_seq.in_(bindparam("seqs", expanding=True)),
+        events.c.code == TransportState.IN_TRANSIT.value,
     )
+)
+_MARK_DELIVERED = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=TransportState.DELIVERED.value,
+        next_attempt_at=None,
+        updated_at=bindparam("now"),
+    )
+)
+
+
+_MARK_IN_TRANSIT = (
+    update(deliveries)
+    .where(
+        and_(
+            deliveries.c.id.in_(bindparam("ids", expanding=True)),
+            deliveries.c.leased_by == bindparam("worker"),
+            deliveries.c.state.in_(_WAITING_STATES),
+        )
+    )
+    .values(
+        state=TransportState.IN_TRANSIT.value,
+        next_attempt_at=None,
+        leased_by=None,
+        lease_until=None,
+        last_error=None,
+        attempts=deliveries.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(deliveries.c.document_seq, deliveries.c.recipient)
+)
+
+
+def mark_delivered_many(
+    conn: Connection,
+    node: Node,
+    packages: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]]]],
+    *,
+    at_node: str,
+    actor: str,
+) -> None:
+    """:func:`mark_delivered` for the packages of one delivered notice, (seq, recipients,
+    path) each, in a handful of statements whatever their number."""
+    if not packages:
+        return
+    seqs = sorted({seq for seq, _, _ in packages})
+    rows: dict[tuple[int, str], Any] = {
+        (r.document_seq, r.recipient): r for r in conn.execute(_DELIVERY_ROWS_OF, {"seqs": seqs})
+    }
+    seen = {
+        (r.document_seq, r.recipient, r.node)
+        for r in conn.execute(_IN_TRANSIT_SEEN, {"seqs": seqs})
+    }
+    now = node.now()
+    timeline: list[dict[str, Any]] = []
+    moved: list[int] = []
+    movable = (*_WAITING_STATES, TransportState.FAILED.value)
+    for seq, recipients, path in packages:
+        for recipient in recipients:
+            r = rows.get((seq, recipient))
+            if r is None or r.state not in movable or r.id in moved:
+                continue
+            moved.append(r.id)
+            if r.state == TransportState.FAILED.value:
+                # requeued downstream after a failure notice: the delivery proves it went on
+                timeline.append(_event(seq, recipient, now, "accepted", at_node, actor, "requeued"))
+            for _, to, at in path:
+                if (seq, recipient, to) in seen or to == at_node:
+                    continue
+                timeline.append(_event(seq, recipient, parse_utc(at), "in_transit", to, actor))
+            timeline.append(_event(seq, recipient, now, "delivered", at_node, actor))
+    if moved:
+        conn.execute(_INSERT_EVENTS, timeline)
+        conn.execute(_MARK_DELIVERED, {"ids": moved, "now": now})
 
 
 def _dead_letter(
@@ -886,9 +1001,12 @@ class Dispatcher:
         recovered = breaker.failures > 0 or breaker.open
         woken: set[str] = set()
         accepted = 0
+        hop_rows: list[dict[str, Any]] = []
+        entries: list[audit.Entry] = []
+        moving: list[int] = []
+        sent_at: dict[int, dt.datetime] = {}
         with node.writing() as conn:
             for c, result, problem in checked:
-                ids = [r.id for r in c.rows]
                 if problem:
                     continue
                 if not result.ok:
@@ -904,64 +1022,53 @@ class Dispatcher:
                     continue
                 assert c.record is not None
                 accepted += 1
-                conn.execute(
-                    hops.insert().values(
-                        document_seq=c.seq,
-                        direction="out",
-                        position=c.position,
-                        from_node=node.name,
-                        to_node=peer.name,
-                        at=now,
-                        digest=hop_digest(c.record),
-                        record=json.dumps(c.record, ensure_ascii=False, sort_keys=True),
-                        receipt=json.dumps(result.receipt, ensure_ascii=False, sort_keys=True),
+                text = canonical_json(c.record)
+                digest = hashlib.sha256(text).hexdigest()  # = hop_digest(c.record)
+                hop_rows.append(
+                    {
+                        "document_seq": c.seq,
+                        "direction": "out",
+                        "position": c.position,
+                        "from_node": node.name,
+                        "to_node": peer.name,
+                        "at": now,
+                        "digest": digest,
+                        "record": text.decode("utf-8"),
+                        "receipt": canonical_json(result.receipt).decode("utf-8"),
+                    }
+                )
+                moving.extend(r.id for r in c.rows)
+                sent_at[c.seq] = parse_utc(c.record["hop"]["at"])
+                entries.append(
+                    audit.Entry(
+                        "relay_out",
+                        actor,
+                        c.gid,
+                        {
+                            "to": peer.name,
+                            "sha256": c.sha256,
+                            "recipients": [r.recipient for r in c.rows],
+                            "hop_digest": digest,
+                            "duplicate": result.duplicate,
+                        },
                     )
                 )
+            if hop_rows:
+                conn.execute(_INSERT_HOPS, hop_rows)
                 # only rows still waiting and still ours: a "delivered" notice may have come
                 # back first, and a worker whose lease ran out must not undo another's work
-                moved = (
-                    conn.execute(
-                        update(deliveries)
-                        .where(
-                            and_(
-                                deliveries.c.id.in_(ids),
-                                deliveries.c.leased_by == self.worker,
-                                deliveries.c.state.in_(_WAITING_STATES),
-                            )
-                        )
-                        .values(
-                            state=TransportState.IN_TRANSIT.value,
-                            next_attempt_at=None,
-                            leased_by=None,
-                            lease_until=None,
-                            last_error=None,
-                            attempts=deliveries.c.attempts + 1,
-                            updated_at=now,
-                        )
-                        .returning(deliveries.c.recipient)
-                    )
-                    .scalars()
-                    .all()
-                )
-                sent_at = parse_utc(c.record["hop"]["at"])
+                moved = conn.execute(
+                    _MARK_IN_TRANSIT, {"ids": moving, "worker": self.worker, "now": now}
+                ).all()
                 if moved:
                     conn.execute(
-                        events.insert(),
-                        [_event(c.seq, r, sent_at, "in_transit", peer.name, actor) for r in moved],
+                        _INSERT_EVENTS,
+                        [
+                            _event(seq, r, sent_at[seq], "in_transit", peer.name, actor)
+                            for seq, r in sorted(moved)
+                        ],
                     )
-                audit.append(
-                    conn,
-                    event="relay_out",
-                    actor=actor,
-                    subject=c.gid,
-                    data={
-                        "to": peer.name,
-                        "sha256": c.sha256,
-                        "recipients": [r.recipient for r in c.rows],
-                        "hop_digest": hop_digest(c.record),
-                        "duplicate": result.duplicate,
-                    },
-                )
+                audit.append_many(conn, entries)
             if bad_receipts:
                 conn.execute(
                     update(deliveries)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.peer import RelayItem
@@ -42,11 +42,11 @@ from gateway.errors import (
     ReceiptInvalid,
     StatusError,
 )
-from gateway.hops import hop_digest, trusted_chain, verify_hops, verify_notice
+from gateway.hops import trusted_chain, verify_hops, verify_notice
 from gateway.identity import Identity
 from gateway.ingest import timeline_of
 from gateway.node import Node
-from gateway.nodekey import certificates_from_pem, parse_utc
+from gateway.nodekey import canonical_json, certificates_from_pem, parse_utc
 from gateway.receipts import make_receipt, verify_receipt
 from gateway.status import TransportState, apply_status, apply_transport
 from gateway.tables import deliveries, documents, events, hops
@@ -54,8 +54,6 @@ from gateway.tables import deliveries, documents, events, hops
 __all__ = ["receive_batch"]
 
 log = structlog.get_logger("gateway.relay")
-
-_INSERT_DOCUMENT = documents.insert().returning(documents.c.seq)
 
 
 @dataclass(slots=True)
@@ -214,28 +212,31 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
         except GatewayError as exc:
             results[index] = _refusal(exc)
     refused = [(i, r) for i, r in enumerate(results) if r is not None]
-    woken: set[str] = set()
     with node.writing() as conn:
-        for index, result in refused:
-            item = items[index]
-            audit.append(
-                conn,
-                event="relay_refuse",
-                actor=actor,
-                subject=None,
-                data={
-                    "code": result["code"],
-                    "kind": item.kind,
-                    "size": len(item.body),
-                    "sha256": hashlib.sha256(item.body).hexdigest(),
-                },
-            )
-        arrivals: _Arrivals = {}
+        audit.append_many(
+            conn,
+            [
+                audit.Entry(
+                    "relay_refuse",
+                    actor,
+                    None,
+                    {
+                        "code": result["code"],
+                        "kind": items[index].kind,
+                        "size": len(items[index].body),
+                        "sha256": hashlib.sha256(items[index].body).hexdigest(),
+                    },
+                )
+                for index, result in refused
+            ],
+        )
+        batch = _Batch(conn, node, actor, checked)
         for c in checked:
             try:
-                results[c.index] = _store(conn, node, actor, c, woken, arrivals)
+                results[c.index] = batch.add(c)
             except GatewayError as exc:
                 results[c.index] = _refusal(exc)
+                batch.flush()
                 audit.append(
                     conn,
                     event="relay_refuse",
@@ -243,12 +244,13 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
                     subject=None,
                     data={"code": exc.code, "kind": c.item.kind, "sha256": c.sha256},
                 )
+        batch.flush()
         # one "delivered" notice per sender for the whole batch, not one per package
-        for sender, delivered in arrivals.items():
-            woken |= outbox.notify_delivered(conn, node, sender, delivered)
+        for sender, delivered in batch.arrivals.items():
+            batch.woken |= outbox.notify_delivered(conn, node, sender, delivered)
     for index, result in refused:
         log.info("relay.refused", peer=caller.node, item=index, code=result["code"])
-    node.wake(woken)
+    node.wake(batch.woken)
     out = [r for r in results if r is not None]
     assert len(out) == len(items)
     return out
@@ -265,32 +267,108 @@ def _dedup_key(c: _Checked) -> str:
 #: per sender agency: (package seq, recipients hosted here, path) of packages delivered here
 _Arrivals = dict[str, list[tuple[int, list[str], list[list[str]]]]]
 
+_EXISTING = select(
+    documents.c.seq, documents.c.id, documents.c.sha256, documents.c.receipt, documents.c.dedup_key
+).where(documents.c.dedup_key.in_(bindparam("keys", expanding=True)))
+_SEQ_OF_KEYS = select(documents.c.seq, documents.c.dedup_key).where(
+    documents.c.dedup_key.in_(bindparam("keys", expanding=True))
+)
+_INSERT_DOCUMENTS = documents.insert().returning(documents.c.seq, sort_by_parameter_order=True)
+_INSERT_HOPS = hops.insert()
+_RECIPIENTS_OF = select(deliveries.c.recipient).where(deliveries.c.document_seq == bindparam("seq"))
+_NOTICE_HANDLED = (
+    update(deliveries)
+    .where(and_(deliveries.c.document_seq == bindparam("seq"), deliveries.c.next_hop == "local"))
+    .values(state=TransportState.ACKNOWLEDGED.value)
+)
 
-def _store(
-    conn: Connection, node: Node, actor: str, c: _Checked, woken: set[str], arrivals: _Arrivals
-) -> dict[str, Any]:
-    """Store one checked item (or find it stored already); its result for the sender."""
-    now = node.now()
-    key = _dedup_key(c)
-    existing = conn.execute(
-        select(documents.c.seq, documents.c.id, documents.c.sha256, documents.c.receipt).where(
-            documents.c.dedup_key == key
+
+@dataclass(slots=True)
+class _Pending:
+    """A new document of the batch, stored at the next :meth:`_Batch.flush`."""
+
+    checked: _Checked
+    row: dict[str, Any]
+    receipt: dict[str, Any]
+
+
+class _Batch:
+    """Stores the checked items of one relay batch, in order, in the caller's transaction.
+
+    New documents (the bulk of any batch) are stored together: one insert each for their
+    document rows, hop records, delivery rows, events and audit entries, whatever their
+    number. Anything else (a repeat, a status, a notice) is stored on its own, after the
+    documents before it, so the batch keeps its order.
+    """
+
+    def __init__(
+        self, conn: Connection, node: Node, actor: str, checked: Sequence[_Checked]
+    ) -> None:
+        self.conn, self.node, self.actor = conn, node, actor
+        self.arrivals: _Arrivals = {}
+        self.woken: set[str] = set()
+        self._pending: list[_Pending] = []
+        self._keys: set[str] = set()
+        keys = sorted({_dedup_key(c) for c in checked})
+        self._existing: dict[str, Any] = (
+            {r.dedup_key: r for r in conn.execute(_EXISTING, {"keys": keys})} if keys else {}
         )
-    ).first()
-    if existing is not None:
+
+    def add(self, c: _Checked) -> dict[str, Any]:
+        """Store ``c`` (now, or at the next flush); its result for the sending node."""
+        key = _dedup_key(c)
+        if key in self._keys:  # twice in one batch: the second is a repeat of the first
+            self.flush()
+            self._existing.update(
+                {r.dedup_key: r for r in self.conn.execute(_EXISTING, {"keys": [key]})}
+            )
+        existing = self._existing.get(key)
+        if existing is not None:
+            self.flush()
+            return self._repeat(c, existing)
+        self._keys.add(key)
+        if c.item.kind != "document":
+            self.flush()
+            return self._store_one(c, key)
+        row, receipt = _document_row(self.node, self.actor, c, key, about=None)
+        self._pending.append(_Pending(c, row, receipt))
+        return {"ok": True, "receipt": receipt, "duplicate": False}
+
+    def flush(self) -> None:
+        """Store the new documents added since the last flush."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        conn, node, actor = self.conn, self.node, self.actor
+        seqs = [seq for (seq,) in conn.execute(_INSERT_DOCUMENTS, [p.row for p in pending]).all()]
+        hop_rows: list[dict[str, Any]] = []
+        packages: list[tuple[int, Sequence[str], Sequence[str]]] = []
+        entries: list[audit.Entry] = []
+        for p, seq in zip(pending, seqs, strict=True):
+            c = p.checked
+            last_digest = _hop_rows(hop_rows, seq, c, p.receipt)
+            packages.append((seq, c.recipients, [hop["from"] for hop in c.hops]))
+            here = [r for r in c.recipients if r in node.hosted]
+            if here:
+                path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
+                self.arrivals.setdefault(c.sender, []).append((seq, here, path))
+            entries.append(_relay_in(actor, p.row["id"], c, last_digest))
+        conn.execute(_INSERT_HOPS, hop_rows)
+        self.woken |= outbox.add_deliveries_many(conn, node, packages, actor, in_transit=True)
+        audit.append_many(conn, entries)
+
+    def _repeat(self, c: _Checked, existing: Any) -> dict[str, Any]:
+        """The same package again (a retried relay): its original receipt; new recipients."""
+        conn, node, actor = self.conn, self.node, self.actor
         if existing.sha256 != c.sha256:
             raise DocumentConflict(
                 "a package with this sender and DocumentId is already stored with different bytes",
-                detail={"existing": existing.id, "dedup_key": key},
+                detail={"existing": existing.id, "dedup_key": existing.dedup_key},
             )
-        present = set(
-            conn.execute(
-                select(deliveries.c.recipient).where(deliveries.c.document_seq == existing.seq)
-            ).scalars()
-        )
+        present = set(conn.execute(_RECIPIENTS_OF, {"seq": existing.seq}).scalars())
         added = [r for r in c.recipients if r not in present]
         if added:
-            woken |= outbox.add_deliveries(
+            self.woken |= outbox.add_deliveries(
                 conn,
                 node,
                 existing.seq,
@@ -299,7 +377,7 @@ def _store(
                 in_transit=True,
                 came_through=[hop["from"] for hop in c.hops],
             )
-        woken |= outbox.rearm_failed(conn, node, existing.seq, c.recipients, actor)
+        self.woken |= outbox.rearm_failed(conn, node, existing.seq, c.recipients, actor)
         audit.append(
             conn,
             event="relay_repeat",
@@ -308,8 +386,76 @@ def _store(
             data={"sha256": c.sha256, "added_recipients": added},
         )
         return {"ok": True, "receipt": json.loads(existing.receipt), "duplicate": True}
-    about = _about(conn, c)
+
+    def _store_one(self, c: _Checked, key: str) -> dict[str, Any]:
+        """A status or a notice: stored, then applied to the timeline it is about."""
+        conn, node, actor = self.conn, self.node, self.actor
+        about = _about(conn, c)
+        row, receipt = _document_row(node, actor, c, key, about=about)
+        seq = conn.execute(_INSERT_DOCUMENTS, row).scalar_one()
+        hop_rows: list[dict[str, Any]] = []
+        last_digest = _hop_rows(hop_rows, seq, c, receipt)
+        conn.execute(_INSERT_HOPS, hop_rows)
+        self.woken |= outbox.add_deliveries(
+            conn,
+            node,
+            seq,
+            c.recipients,
+            actor,
+            in_transit=True,
+            came_through=[hop["from"] for hop in c.hops],
+        )
+        if c.notice is not None and c.notice["event"] == "delivered":
+            self._apply_delivered(c.notice)
+            # the node's own business: never in the sender's DMS inbox
+            conn.execute(_NOTICE_HANDLED, {"seq": seq})
+        if about is not None:
+            if c.notice is not None:
+                outbox.mark_failed(
+                    conn,
+                    node,
+                    about,
+                    c.notice["recipients"],
+                    code=c.notice["code"],
+                    message=c.notice["message"],
+                    at_node=c.notice["node"],
+                    actor=actor,
+                )
+            elif isinstance(c.package, StatusPackage):
+                _apply_status(conn, node, about, c.package, actor, seq)
+        audit.append_many(conn, [_relay_in(actor, row["id"], c, last_digest)])
+        return {"ok": True, "receipt": receipt, "duplicate": False}
+
+    def _apply_delivered(self, notice: dict[str, Any]) -> None:
+        """The packages a delivered notice lists, as this node knows them: delivered."""
+        sender = notice["sender"]
+        keyed = [
+            (
+                f"{sender}|id:{item['document_id']}"
+                if item["document_id"]
+                else f"{sender}|sha256:{item['sha256']}",
+                item,
+            )
+            for item in notice["items"]
+        ]
+        keys = sorted({key for key, _ in keyed})
+        seqs = {r.dedup_key: r.seq for r in self.conn.execute(_SEQ_OF_KEYS, {"keys": keys})}
+        outbox.mark_delivered_many(
+            self.conn,
+            self.node,
+            [(seqs[key], item["recipients"], item["path"]) for key, item in keyed if key in seqs],
+            at_node=notice["node"],
+            actor=self.actor,
+        )
+
+
+def _document_row(
+    node: Node, actor: str, c: _Checked, key: str, *, about: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``documents`` row of a new package and the receipt this node signs for it."""
+    now = node.now()
     gid = node.new_id()
+    size = len(c.item.body)
     receipt = make_receipt(
         node.key,
         node=node.name,
@@ -317,37 +463,41 @@ def _store(
         sender=c.sender,
         document_id=c.document_id,
         sha256=c.sha256,
-        size=len(c.item.body),
+        size=size,
         received_at=now,
         received_from=actor,
     )
-    seq = conn.execute(
-        _INSERT_DOCUMENT,
-        {
-            "id": gid,
-            "kind": c.item.kind,
-            "sender": c.sender,
-            "document_id": c.document_id,
-            "dedup_key": key,
-            "sha256": c.sha256,
-            "size": len(c.item.body),
-            "envelope": c.item.body,
-            "subject": c.subject,
-            "status_code": c.package.status_code.value
-            if isinstance(c.package, StatusPackage)
-            else None,
-            "about_seq": about,
-            "signer": json.dumps(c.signer, ensure_ascii=False, sort_keys=True),
-            "signing_time": c.signing_time,
-            "received_at": now,
-            "received_from": actor,
-            "receipt": json.dumps(receipt, ensure_ascii=False, sort_keys=True),
-        },
-    ).scalar_one()
+    row = {
+        "id": gid,
+        "kind": c.item.kind,
+        "sender": c.sender,
+        "document_id": c.document_id,
+        "dedup_key": key,
+        "sha256": c.sha256,
+        "size": size,
+        "envelope": c.item.body,
+        "subject": c.subject,
+        "status_code": c.package.status_code.value
+        if isinstance(c.package, StatusPackage)
+        else None,
+        "about_seq": about,
+        "signer": json.dumps(c.signer, ensure_ascii=False, sort_keys=True),
+        "signing_time": c.signing_time,
+        "received_at": now,
+        "received_from": actor,
+        "receipt": canonical_json(receipt).decode("utf-8"),
+    }
+    return row, receipt
+
+
+def _hop_rows(out: list[dict[str, Any]], seq: int, c: _Checked, receipt: dict[str, Any]) -> str:
+    """Append the ``hops`` rows of a received package to ``out``; the last record's digest."""
     carried = [*c.item.receipts, receipt]
-    conn.execute(
-        hops.insert(),
-        [
+    digest = ""
+    for position, (hop, record) in enumerate(zip(c.hops, c.item.hops, strict=True), 1):
+        text = canonical_json(record)
+        digest = hashlib.sha256(text).hexdigest()  # = hop_digest(record)
+        out.append(
             {
                 "document_seq": seq,
                 "direction": "in",
@@ -355,73 +505,20 @@ def _store(
                 "from_node": hop["from"],
                 "to_node": hop["to"],
                 "at": parse_utc(hop["at"]),
-                "digest": hop_digest(record),
-                "record": json.dumps(record, ensure_ascii=False, sort_keys=True),
-                "receipt": json.dumps(carried[position - 1], ensure_ascii=False, sort_keys=True),
+                "digest": digest,
+                "record": text.decode("utf-8"),
+                "receipt": canonical_json(carried[position - 1]).decode("utf-8"),
             }
-            for position, (hop, record) in enumerate(zip(c.hops, c.item.hops, strict=True), 1)
-        ],
-    )
-    woken |= outbox.add_deliveries(
-        conn,
-        node,
-        seq,
-        c.recipients,
-        actor,
-        in_transit=True,
-        came_through=[hop["from"] for hop in c.hops],
-    )
-    if c.item.kind == "document":
-        here = [r for r in c.recipients if r in node.hosted]
-        if here:
-            path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
-            arrivals.setdefault(c.sender, []).append((seq, here, path))
-    if c.notice is not None and c.notice["event"] == "delivered":
-        for item in c.notice["items"]:
-            key = (
-                f"{c.sender}|id:{item['document_id']}"
-                if item["document_id"]
-                else f"{c.sender}|sha256:{item['sha256']}"
-            )
-            arrived = conn.execute(
-                select(documents.c.seq).where(documents.c.dedup_key == key)
-            ).scalar()
-            if arrived is not None:
-                outbox.mark_delivered(
-                    conn,
-                    node,
-                    arrived,
-                    item["recipients"],
-                    path=item["path"],
-                    at_node=c.notice["node"],
-                    actor=actor,
-                )
-        # the node's own business: never in the sender's DMS inbox
-        conn.execute(
-            update(deliveries)
-            .where(and_(deliveries.c.document_seq == seq, deliveries.c.next_hop == "local"))
-            .values(state=TransportState.ACKNOWLEDGED.value)
         )
-    if about is not None:
-        if c.notice is not None:
-            outbox.mark_failed(
-                conn,
-                node,
-                about,
-                c.notice["recipients"],
-                code=c.notice["code"],
-                message=c.notice["message"],
-                at_node=c.notice["node"],
-                actor=actor,
-            )
-        elif isinstance(c.package, StatusPackage):
-            _apply_status(conn, node, about, c.package, actor, seq)
-    audit.append(
-        conn,
-        event="relay_in",
-        actor=actor,
-        subject=gid,
-        data={
+    return digest
+
+
+def _relay_in(actor: str, gid: str, c: _Checked, last_digest: str) -> audit.Entry:
+    return audit.Entry(
+        "relay_in",
+        actor,
+        gid,
+        {
             "kind": c.item.kind,
             "sender": c.sender,
             "document_id": c.document_id,
@@ -429,10 +526,9 @@ def _store(
             "size": len(c.item.body),
             "recipients": c.recipients,
             "hops": len(c.hops),
-            "hop_digest": hop_digest(c.item.hops[-1]),
+            "hop_digest": last_digest,
         },
     )
-    return {"ok": True, "receipt": receipt, "duplicate": False}
 
 
 def _about(conn: Connection, c: _Checked) -> int | None:
