@@ -368,9 +368,7 @@ def create_app(node: Node) -> FastAPI:
             raise Forbidden("only a neighbour node may relay packages")
         data = await _body(request, relay_limit)
         items = decode_batch(data, max_items=MAX_RELAY_ITEMS)
-        results = await to_thread.run_sync(
-            receive_batch, node, caller, items, limiter=relaying
-        )
+        results = await to_thread.run_sync(receive_batch, node, caller, items, limiter=relaying)
         return JSONResponse({"results": results})
 
     @app.get("/api/v1/directory", tags=["directory"])
