@@ -354,18 +354,22 @@ def checkpoint(
 def _lock(conn: Connection) -> None:
     """Serialise writers of the chain until the caller's transaction ends."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS BIGINT))"), {"k": PG_LOCK_KEY})
+        conn.execute(_PG_LOCK, {"k": PG_LOCK_KEY})
     elif conn.dialect.name == "sqlite":
         # A write statement takes SQLite's write lock even when it changes nothing, so the head
         # read next is the head this transaction appends to, whatever BEGIN mode the caller used.
-        conn.execute(text("UPDATE audit_log SET seq = seq WHERE 0"))
+        conn.execute(_SQLITE_LOCK)
 
 
 def _head(conn: Connection) -> tuple[int, str] | None:
-    row = conn.execute(
-        select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
+    row = conn.execute(_HEAD).first()
     return None if row is None else (int(row.seq), str(row.hash))
+
+
+#: built once, like _INSERT
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(CAST(:k AS BIGINT))")
+_SQLITE_LOCK = text("UPDATE audit_log SET seq = seq WHERE 0")
+_HEAD = select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
 
 
 def _utc(when: dt.datetime) -> dt.datetime:

@@ -198,6 +198,7 @@ def _write_config(
     port: int,
     ca: Any,
     log_level: str,
+    workers: int = 1,
 ) -> Path:
     from gateway.devnode import write_node_config
 
@@ -210,7 +211,7 @@ def _write_config(
         ca=ca,
         database_url=f"sqlite:///{database}",
         port=port,
-        extra={"logging": {"level": log_level}},
+        extra={"logging": {"level": log_level}, "server": {"workers": workers}},
     )
 
 
@@ -550,6 +551,7 @@ def run_node_bench(
     warm: int = 3,
     floor_documents: int = 1000,
     log_level: str = "info",
+    workers: int = 1,
     keep: Path | None = None,
     node_command: Sequence[str] = (),
     echo: Callable[[str], None] = click.echo,
@@ -599,6 +601,7 @@ def run_node_bench(
                 port=port,
                 ca=ca,
                 log_level=log_level,
+                workers=workers if name == "node" else 1,
             )
             for name in ("node", "floor")
         ]
@@ -662,7 +665,7 @@ def run_node_bench(
             },
         )
         processes = min(client_processes, clients)
-        _print(result, echo, client_processes=processes, floor_count=floor_count)
+        _print(result, echo, client_processes=processes, floor_count=floor_count, workers=workers)
         if failures:
             echo(f"first failure: {failures[0]}")
         return result
@@ -680,11 +683,13 @@ def _print(
     *,
     client_processes: int,
     floor_count: int,
+    workers: int = 1,
 ) -> None:
     r = result
     f = r.figures
     echo(
-        f"node: gateway serve (uvicorn, SQLite WAL synchronous=FULL); {r.documents} documents "
+        f"node: gateway serve ({workers} worker process(es), uvicorn, SQLite WAL "
+        f"synchronous=FULL); {r.documents} documents "
         f"({r.mean_size / 1024:.1f} KB signed), {r.clients} keep-alive HTTPS clients in "
         f"{client_processes} process(es), one request in flight each"
     )

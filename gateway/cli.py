@@ -225,34 +225,15 @@ def validate(infile: Path, as_json: bool, config: Path | None) -> None:
 @_file_option("--config", help="The node's settings file.", required=True)
 def serve(config: Path) -> None:
     """Run a node: HTTPS API with client certificates, storage, background jobs."""
-    from gateway import db, schema, server
-    from gateway.api import create_app
     from gateway.logs import configure
-    from gateway.node import Node, record_start
-    from gateway.scheduler import checkpoint_now, start
+    from gateway.supervisor import run_node
 
     settings = _settings(config)
     configure(settings.logging.level)
     try:
-        engine = db.make_engine(settings)
-        db.require_current(engine, config=config)
-        node = Node.from_settings(settings, engine)
-        schema.check_schemas()  # compile both validators now, not on the first refusal
-        record_start(node)
+        run_node(settings, config)
     except GatewayError as exc:
         _fail_usage(exc)
-    dispatcher = None
-    if node.directory is not None:
-        from adapters.peer import HttpsPeerTransport
-        from gateway.outbox import Dispatcher
-
-        dispatcher = Dispatcher(node, HttpsPeerTransport(settings))
-    scheduler = start(node, dispatcher)
-    try:
-        server.run(create_app(node), settings)
-    finally:
-        scheduler.shutdown(wait=False)
-        checkpoint_now(node)
 
 
 @main.command()
@@ -298,12 +279,24 @@ def bench_envelopes(seconds: float) -> None:
     help="Documents ingested in-process for the floor.",
 )
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="The node's [server] workers (processes).",
+)
+@click.option(
     "--keep",
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep PKI, configs, databases and logs here.",
 )
 def bench_node(
-    documents: int, clients: int, client_processes: int, floor_documents: int, keep: Path | None
+    documents: int,
+    clients: int,
+    client_processes: int,
+    floor_documents: int,
+    workers: int,
+    keep: Path | None,
 ) -> None:
     """A real node over HTTPS (docs/s, p50/p99, CPU/doc) against the in-process floor."""
     from gateway.bench_node import run_node_bench
@@ -313,6 +306,7 @@ def bench_node(
         clients,
         client_processes=client_processes,
         floor_documents=floor_documents,
+        workers=workers,
         keep=keep,
     )
 

@@ -26,9 +26,12 @@ at the code's migration raises :class:`~gateway.errors.DatabaseNotMigrated`.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +62,7 @@ __all__ = [
     "read_only",
     "require_current",
     "safe_url",
+    "sqlite_writer_lock",
     "upgrade",
 ]
 
@@ -170,6 +174,72 @@ def _sqlite_engine(url: URL) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+@contextmanager
+def sqlite_writer_lock(engine: Engine) -> Iterator[None]:
+    """Hold ``<database>.writer-lock`` (``flock``) while writing a SQLite file; a no-op else.
+
+    Usage::
+
+        with sqlite_writer_lock(engine), engine.begin() as conn:
+            ...
+
+    Writers of several processes on one SQLite file (a node's workers, a CLI command beside
+    a running node) then take turns within a fraction of a millisecond, where SQLite's own busy
+    handler sleeps 1, 2, 5 ... 100 ms between tries. Waiting longer than the busy timeout
+    raises ``DatabaseUnavailable``, as SQLite would. One lock per process and file: the
+    callers in one process serialise themselves first (``Node.writing``).
+    """
+    path = _lock_path(engine)
+    if path is None:
+        yield
+        return
+    fd = _lock_fd(path)
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    f"the database at {safe_url(engine)} stayed locked by another process for "
+                    f"{SQLITE_BUSY_TIMEOUT_MS} ms",
+                    detail={"url": safe_url(engine)},
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+#: (process id, lock file) -> descriptor: a forked child opens its own (a descriptor shared
+#: with the parent would share its lock too)
+_LOCK_FDS: dict[tuple[int, str], int] = {}
+_LOCK_FDS_GUARD = threading.Lock()
+
+
+def _lock_path(engine: Engine) -> str | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or engine.url.query.get("uri"):
+        return None
+    return f"{database}.writer-lock"
+
+
+def _lock_fd(path: str) -> int:
+    key = (os.getpid(), path)
+    with _LOCK_FDS_GUARD:
+        fd = _LOCK_FDS.get(key)
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _LOCK_FDS[key] = fd
+    return fd
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -102,6 +102,8 @@ class Network:
     database_urls: Mapping[str, str] = field(default_factory=dict)
     #: extra settings for every node, by section (e.g. ``{"delivery": {"tick_interval": 0.2}}``)
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: extra settings for one node, by node name then section (``{"h49": {"server": {...}}}``)
+    node_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     nodes: dict[str, _Running] = field(default_factory=dict)
     ca: CAPaths | None = None
     _keys: dict[str, SigningKey] = field(default_factory=dict)
@@ -152,6 +154,8 @@ class Network:
                 "delivery": {"tick_interval": 0.2, "breaker_probe_interval": 1.0},
             }
             for section, values in self.settings.items():
+                extra.setdefault(section, {}).update(values)
+            for section, values in self.node_settings.get(spec.name, {}).items():
                 extra.setdefault(section, {}).update(values)
             config = write_node_config(
                 folder / "node.toml",

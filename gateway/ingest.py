@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -151,12 +151,13 @@ def _dedup_key(sender: str, document_id: str | None, sha256: str) -> str:
     return f"{sender}|sha256:{sha256}"
 
 
+_EXISTING = select(documents.c.id, documents.c.kind, documents.c.sha256, documents.c.receipt).where(
+    documents.c.dedup_key == bindparam("key")
+)
+
+
 def _existing(conn: Connection, key: str, sha256: str) -> Accepted | None:
-    row = conn.execute(
-        select(documents.c.id, documents.c.kind, documents.c.sha256, documents.c.receipt).where(
-            documents.c.dedup_key == key
-        )
-    ).first()
+    row = conn.execute(_EXISTING, {"key": key}).first()
     if row is None:
         return None
     if row.sha256 != sha256:

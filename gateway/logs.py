@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -26,8 +28,24 @@ _LEVELS = {
 }
 
 
-def configure(level: str = "info") -> None:
-    """Render structlog events and stdlib records (uvicorn, APScheduler) as JSON on stderr."""
+class _WorkerField:
+    """A processor that names the worker process in each event."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event["worker"] = self.worker
+        return event
+
+
+def configure(level: str = "info", *, worker: int | None = None) -> None:
+    """Render structlog events and stdlib records (uvicorn, APScheduler) as JSON on stderr.
+
+    ``worker``: the worker process's index (``[server] workers``), added to every line.
+    """
     number = _LEVELS[level]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -35,6 +53,8 @@ def configure(level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if worker is not None:
+        shared.append(_WorkerField(worker))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -56,8 +56,14 @@ def _housekeeping(dispatcher: Dispatcher) -> None:
         log.warning("outbox.expired", deliveries=expired)
 
 
-def start(node: Node, dispatcher: Dispatcher | None = None) -> BackgroundScheduler:
-    """Start the node's background jobs in a daemon thread."""
+def start(
+    node: Node, dispatcher: Dispatcher | None = None, *, primary: bool = True
+) -> BackgroundScheduler:
+    """Start the node's background jobs in a daemon thread.
+
+    A node's other worker processes (``primary=False``, :mod:`gateway.supervisor`) only reload
+    their trust files: the primary dispatches, keeps house and signs checkpoints.
+    """
     peers = node.directory.neighbours() if node.directory is not None else ()
     # "maximum number of running instances reached" is the design (one run per peer), not news
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -95,15 +101,16 @@ def start(node: Node, dispatcher: Dispatcher | None = None) -> BackgroundSchedul
                 scheduler.modify_job(f"dispatch:{peer}", next_run_time=dt.datetime.now(dt.UTC))
 
         dispatcher.waker = waker
-    scheduler.add_job(
-        checkpoint_now,
-        "interval",
-        args=[node],
-        seconds=node.settings.audit.checkpoint_interval,
-        id="audit-checkpoint",
-        max_instances=1,
-        coalesce=True,
-    )
+    if primary:
+        scheduler.add_job(
+            checkpoint_now,
+            "interval",
+            args=[node],
+            seconds=node.settings.audit.checkpoint_interval,
+            id="audit-checkpoint",
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.add_job(
         reload_trust,
         "interval",

@@ -43,7 +43,7 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -64,6 +64,7 @@ __all__ = [
     "make_ssl_context",
     "run",
     "tls_extension",
+    "write_ready_file",
 ]
 
 #: seconds an idle keep-alive connection stays open: a new TLS handshake costs ~5 ms
@@ -251,6 +252,7 @@ def make_config(
         proxy_headers=False,
         forwarded_allow_ips=[],
         server_header=False,
+        access_log=settings.logging.access_log,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_config=None,
@@ -271,14 +273,23 @@ class GatewayServer(uvicorn.Server):
     the socket is listening and removed when the server stops.
     """
 
-    def __init__(self, config: uvicorn.Config, *, ready_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        ready_file: Path | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.ready_file = ready_file
+        self.on_started = on_started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.ready_file is not None:
-            _write_ready(self.ready_file, self)
+            write_ready_file(self.ready_file, self.servers[0].sockets[0], is_ssl=self.config.is_ssl)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -299,14 +310,14 @@ def run(app: Any, settings: Settings, *, ready_file: Path | None = None) -> None
     GatewayServer(make_config(app, settings), ready_file=ready_file).run()
 
 
-def _write_ready(path: Path, server: uvicorn.Server) -> None:
-    sock = server.servers[0].sockets[0]
+def write_ready_file(path: Path, sock: Any, *, is_ssl: bool) -> None:
+    """Write ``{"pid", "host", "port", "scheme"}`` for the listening ``sock`` atomically."""
     host, port = sock.getsockname()[:2]
     info = {
         "pid": os.getpid(),
         "host": host,
         "port": port,
-        "scheme": "https" if server.config.is_ssl else "http",
+        "scheme": "https" if is_ssl else "http",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

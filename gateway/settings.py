@@ -45,6 +45,8 @@ __all__ = [
 ENV_PREFIX = "GATEWAY_"
 #: most items a node accepts in one relay batch (and so the largest ``[delivery] batch_size``)
 MAX_RELAY_ITEMS = 1000
+#: most worker processes of one node (``[server] workers``)
+MAX_WORKERS = 64
 _NODE_NAME = re.compile(r"[a-z0-9-]+")
 
 
@@ -156,6 +158,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     #: port to listen on
     port: int = 8443
+    #: processes serving the node on that port (one per core uses the machine; see
+    #: gateway.supervisor): worker 0 also runs the outbox dispatcher and the audit checkpoints
+    workers: int = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -229,6 +234,8 @@ class LoggingSettings:
 
     #: debug, info, warning or error
     level: str = "info"
+    #: one JSON line per HTTP request (method, path, status, client address)
+    access_log: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -469,6 +476,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"[logging] level must be one of {', '.join(_LOG_LEVELS)}",
             detail={"key": "logging.level"},
+        )
+    if settings.server.workers > MAX_WORKERS:
+        raise ConfigError(
+            f"[server] workers must be at most {MAX_WORKERS}", detail={"key": "server.workers"}
         )
     if not 0 < settings.server.port < 65536:
         raise ConfigError("[server] port must be 1-65535", detail={"key": "server.port"})

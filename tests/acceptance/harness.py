@@ -101,7 +101,9 @@ class RunningNode:
         self.process = None
 
 
-def write_config(directory: Path, pki: DevPKI, *, port: int, database_url: str) -> Path:
+def write_config(
+    directory: Path, pki: DevPKI, *, port: int, database_url: str, workers: int = 1
+) -> Path:
     return write_node_config(
         directory / "node.toml",
         name="test-node",
@@ -115,6 +117,7 @@ def write_config(directory: Path, pki: DevPKI, *, port: int, database_url: str) 
             "audit": {"checkpoint_interval": 2},
             "trust": {"reload_interval": 1},
             "logging": {"level": "info"},
+            "server": {"workers": workers},
         },
     )
 

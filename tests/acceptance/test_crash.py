@@ -129,13 +129,18 @@ class CrashNode:
     database_url: str
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "sqlite-2-workers"])
 def crash_node(
     request: pytest.FixtureRequest, crash_pki: DevPKI, tmp_path: Path
 ) -> Iterator[CrashNode]:
-    """A node of this test's own (it is killed): a new folder and database, started."""
+    """A node of this test's own (it is killed): a new folder and database, started.
+
+    ``sqlite-2-workers``: the node runs a supervisor and two worker processes
+    (``[server] workers = 2``); the kill hits the supervisor, whose workers die with it.
+    """
+    workers = 2 if request.param.endswith("-2-workers") else 1
     with ExitStack() as stack:
-        if request.param == "sqlite":
+        if request.param.startswith("sqlite"):
             url = "sqlite:///node.db"
             reader_url = f"sqlite:///file:{tmp_path / 'node.db'}?mode=ro&uri=true"
         else:
@@ -144,7 +149,7 @@ def crash_node(
                 pytest.skip(SKIP_REASON)
             url = reader_url = stack.enter_context(temporary_database(server, "gateway_crash"))
         port = free_port()
-        config = write_config(tmp_path, crash_pki, port=port, database_url=url)
+        config = write_config(tmp_path, crash_pki, port=port, database_url=url, workers=workers)
         upgrade(config)
         running = RunningNode(
             base_url=f"https://127.0.0.1:{port}", directory=tmp_path, config=config, pki=crash_pki
