@@ -54,6 +54,9 @@ _XML = "application/xml"
 #: `gateway bench node`: two uploads in flight cost 3.9 ms of CPU per document, one 3.1 ms)
 INGESTS_IN_FLIGHT: Final = 1
 RELAYS_IN_FLIGHT: Final = 1
+#: uploads larger than this take a lane of their own (one at a time too), so that a 50 MB
+#: package verifying for a second does not hold up the small ones queued behind it
+LARGE_UPLOAD_BYTES: Final = 1024 * 1024
 
 
 class ErrorBody(BaseModel):
@@ -230,7 +233,12 @@ def create_app(node: Node) -> FastAPI:
     # Ingests are CPU work under one GIL: more in flight only trade the GIL (and starve the
     # event loop thread that does TLS); the rest wait here, in order of arrival.
     ingesting = CapacityLimiter(INGESTS_IN_FLIGHT)
+    ingesting_large = CapacityLimiter(INGESTS_IN_FLIGHT)
     relaying = CapacityLimiter(RELAYS_IN_FLIGHT)
+
+    def lane(data: bytes) -> CapacityLimiter:
+        return ingesting_large if len(data) > LARGE_UPLOAD_BYTES else ingesting
+
     relay_limit = limit + node.settings.delivery.batch_bytes + 8 * 1024 * 1024
 
     def require_admin(caller: Identity) -> None:
@@ -296,7 +304,7 @@ def create_app(node: Node) -> FastAPI:
         """Submit a signed edXML document package (the body is the package bytes)."""
         data = await _body(request, limit)
         accepted = await to_thread.run_sync(
-            functools.partial(ingest_document, node, data, caller=caller), limiter=ingesting
+            functools.partial(ingest_document, node, data, caller=caller), limiter=lane(data)
         )
         return accepted_body(request, accepted)
 
@@ -305,7 +313,7 @@ def create_app(node: Node) -> FastAPI:
         """Submit a signed edXML status package (01-06, 13, 15, 16) about a document."""
         data = await _body(request, limit)
         accepted = await to_thread.run_sync(
-            functools.partial(ingest_status, node, data, caller=caller), limiter=ingesting
+            functools.partial(ingest_status, node, data, caller=caller), limiter=lane(data)
         )
         return accepted_body(request, accepted)
 
