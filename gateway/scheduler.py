@@ -21,9 +21,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import audit
+from gateway.delivery import Dispatcher
 from gateway.errors import GatewayError
 from gateway.node import Node
-from gateway.outbox import Dispatcher
 
 __all__ = ["checkpoint_now", "reload_trust", "start"]
 

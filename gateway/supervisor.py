@@ -99,7 +99,7 @@ def _serve(
     dispatcher = None
     if primary and node.directory is not None:
         from adapters.peer import HttpsPeerTransport
-        from gateway.outbox import Dispatcher
+        from gateway.delivery import Dispatcher
 
         dispatcher = Dispatcher(node, HttpsPeerTransport(node.settings))
     scheduler = start(node, dispatcher, primary=primary)
