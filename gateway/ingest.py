@@ -46,6 +46,7 @@ from gateway.errors import (
 )
 from gateway.identity import Identity
 from gateway.node import LOCAL, Node
+from gateway.outbox import event_row
 from gateway.receipts import make_receipt
 from gateway.status import (
     Event,
@@ -288,16 +289,27 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
                 "lease_until": None,
             }
         )
-        timeline.append(_event(seq, recipient, now, "transport", "accepted", node.name, actor))
+        timeline.append(event_row(seq, recipient, now, "transport", "accepted", node.name, actor))
         if hop == LOCAL:
-            timeline.append(_event(seq, recipient, now, "transport", "delivered", node.name, actor))
+            timeline.append(
+                event_row(seq, recipient, now, "transport", "delivered", node.name, actor)
+            )
     if rows:
         conn.execute(_INSERT_DELIVERIES, rows)
     if plan.about is not None and status_code is not None:
         about_seq, about_recipients = plan.about
         for recipient in about_recipients:
             timeline.append(
-                _event(about_seq, recipient, now, "status", status_code, node.name, actor, seq)
+                event_row(
+                    about_seq,
+                    recipient,
+                    now,
+                    "status",
+                    status_code,
+                    node.name,
+                    actor,
+                    status_seq=seq,
+                )
             )
     conn.execute(_INSERT_EVENTS, timeline)
     audit.append(
@@ -316,28 +328,6 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
         },
     )
     return len(plan.hops)
-
-
-def _event(
-    document_seq: int,
-    recipient: str | None,
-    at: Any,
-    kind: str,
-    code: str,
-    node: str,
-    actor: str,
-    status_seq: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "document_seq": document_seq,
-        "recipient": recipient,
-        "at": at,
-        "kind": kind,
-        "code": code,
-        "node": node,
-        "actor": actor,
-        "status_seq": status_seq,
-    }
 
 
 def _signing_time(package: DocumentPackage | StatusPackage) -> Any:

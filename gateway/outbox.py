@@ -51,6 +51,7 @@ __all__ = [
     "add_deliveries",
     "add_deliveries_many",
     "dead_letter",
+    "event_row",
     "list_deliveries",
     "mark_delivered",
     "mark_delivered_many",
@@ -74,6 +75,33 @@ _AT_RECIPIENT = (
 )
 
 
+def event_row(
+    seq: int,
+    recipient: str | None,
+    at: dt.datetime,
+    kind: str,
+    code: str,
+    node: str,
+    actor: str,
+    *,
+    description: str | None = None,
+    status_seq: int | None = None,
+) -> dict[str, Any]:
+    """An ``events`` row of a package's timeline: a transport state or a business status
+    (``kind`` ``transport`` or ``status``) of ``recipient``, recorded at ``node``."""
+    return {
+        "document_seq": seq,
+        "recipient": recipient,
+        "at": at,
+        "kind": kind,
+        "code": code,
+        "node": node,
+        "actor": actor,
+        "description": description,
+        "status_seq": status_seq,
+    }
+
+
 def transport_event(
     seq: int,
     recipient: str,
@@ -83,18 +111,8 @@ def transport_event(
     actor: str,
     description: str | None = None,
 ) -> dict[str, Any]:
-    """An ``events`` row: the transport state ``code`` of ``recipient``, reached at ``node``."""
-    return {
-        "document_seq": seq,
-        "recipient": recipient,
-        "at": at,
-        "kind": "transport",
-        "code": code,
-        "node": node,
-        "actor": actor,
-        "description": description,
-        "status_seq": None,
-    }
+    """The ``events`` row of a transport state (:func:`event_row`)."""
+    return event_row(seq, recipient, at, "transport", code, node, actor, description=description)
 
 
 # --- rows ------------------------------------------------------------------------------------

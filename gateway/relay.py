@@ -275,6 +275,7 @@ _SEQ_OF_KEYS = select(documents.c.seq, documents.c.dedup_key).where(
 )
 _INSERT_DOCUMENTS = documents.insert().returning(documents.c.seq, sort_by_parameter_order=True)
 _INSERT_HOPS = hops.insert()
+_INSERT_EVENT = events.insert()
 _RECIPIENTS_OF = select(deliveries.c.recipient).where(deliveries.c.document_seq == bindparam("seq"))
 _NOTICE_HANDLED = (
     update(deliveries)
@@ -584,11 +585,21 @@ def _apply_status(
         try:
             if package.status_code is not StatusCode.TAKE_BACK_REQUESTED:
                 if timeline.transport is TransportState.FAILED:
-                    _event(conn, about, recipient, now, "transport", "accepted", node, actor)
+                    conn.execute(
+                        _INSERT_EVENT,
+                        outbox.event_row(
+                            about, recipient, now, "transport", "accepted", node.name, actor
+                        ),
+                    )
                     timeline = timeline_of(conn, about, row.sender, recipient)
                 if timeline.transport in (TransportState.ACCEPTED, TransportState.IN_TRANSIT):
                     apply_transport(timeline, TransportState.DELIVERED)
-                    _event(conn, about, recipient, now, "transport", "delivered", node, actor)
+                    conn.execute(
+                        _INSERT_EVENT,
+                        outbox.event_row(
+                            about, recipient, now, "transport", "delivered", node.name, actor
+                        ),
+                    )
                     conn.execute(
                         update(deliveries)
                         .where(
@@ -610,39 +621,14 @@ def _apply_status(
             log.info("relay.status_not_applied", code=exc.code, recipient=recipient)
             continue
         if after != before:
-            _event(
-                conn,
+            event = outbox.event_row(
                 about,
                 recipient,
                 now,
                 "status",
                 package.status_code.value,
-                node,
+                node.name,
                 f"agency:{reporter}",
-                status_seq,
+                status_seq=status_seq,
             )
-
-
-def _event(
-    conn: Connection,
-    seq: int,
-    recipient: str,
-    at: Any,
-    kind: str,
-    code: str,
-    node: Node,
-    actor: str,
-    status_seq: int | None = None,
-) -> None:
-    conn.execute(
-        events.insert().values(
-            document_seq=seq,
-            recipient=recipient,
-            at=at,
-            kind=kind,
-            code=code,
-            node=node.name,
-            actor=actor,
-            status_seq=status_seq,
-        )
-    )
+            conn.execute(_INSERT_EVENT, event)
