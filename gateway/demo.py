@@ -290,6 +290,10 @@ def run_demo(keep: Path | None = None) -> int:
             )
             while True:
                 time.sleep(3600)
+        click.echo(
+            "   the network stops now and its files are removed; to try the admin API and the "
+            "commands above, run `gateway demo --keep DIR`"
+        )
         return 0 if expected else 1
     except KeyboardInterrupt:
         click.echo("\nstopping the nodes")
