@@ -521,14 +521,14 @@ def mark_delivered_many(
     }
     now = node.now()
     timeline: list[dict[str, Any]] = []
-    moved: list[int] = []
+    moved: dict[int, None] = {}  # ordered, and a fast membership test
     movable = (*WAITING_STATES, TransportState.FAILED.value)
     for seq, recipients, path in packages:
         for recipient in recipients:
             r = rows.get((seq, recipient))
             if r is None or r.state not in movable or r.id in moved:
                 continue
-            moved.append(r.id)
+            moved[r.id] = None
             if r.state == TransportState.FAILED.value:
                 # requeued downstream after a failure notice: the delivery proves it went on
                 timeline.append(
@@ -543,7 +543,7 @@ def mark_delivered_many(
             timeline.append(transport_event(seq, recipient, now, "delivered", at_node, actor))
     if moved:
         conn.execute(_INSERT_EVENTS, timeline)
-        conn.execute(_MARK_DELIVERED, {"ids": moved, "now": now})
+        conn.execute(_MARK_DELIVERED, {"ids": list(moved), "now": now})
 
 
 def dead_letter(
