@@ -36,6 +36,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[limits]\nmax_depth = 'deep'\n", "max_depth"),
         ("[verify]\nallow_weak_algorithms = 'perhaps'\n", "allow_weak_algorithms"),
         ("[verify\n", "TOML"),
+        ("[server]\nworkers = 0\n", "workers"),
+        ("[server]\nworkers = 65\n", "workers"),
+        ("[logging]\naccess_log = 'loud'\n", "access_log"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -55,3 +58,11 @@ def test_bad_environment_value_is_named() -> None:
 def test_limits_become_xml_limits() -> None:
     settings = load_settings(None, environ={"GATEWAY_LIMITS__MAX_ENVELOPE_BYTES": "1000"})
     assert settings.limits.xml_limits().max_bytes == 1000
+
+
+def test_workers_and_access_log_from_the_environment() -> None:
+    settings = load_settings(
+        None, environ={"GATEWAY_SERVER__WORKERS": "2", "GATEWAY_LOGGING__ACCESS_LOG": "false"}
+    )
+    assert settings.server.workers == 2
+    assert settings.logging.access_log is False
