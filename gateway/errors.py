@@ -9,6 +9,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     GatewayError
     ├── UsageError                      USAGE_ERROR                 (CLI misuse, unreadable file)
     ├── ConfigError                     CONFIG_INVALID
+    ├── WorkerFailed                    WORKER_FAILED               (a node's worker cannot start)
     ├── XMLError                        (hostile or broken XML, refused before any schema work)
     │   ├── MalformedXML                XML_MALFORMED
     │   ├── DoctypeForbidden            XML_DOCTYPE_FORBIDDEN
@@ -157,6 +158,7 @@ __all__ = [
     "UnsupportedAlgorithm",
     "UsageError",
     "WeakAlgorithm",
+    "WorkerFailed",
     "WrappedEnvelope",
     "WrongPackageKind",
     "XMLError",
@@ -692,6 +694,14 @@ class AuditChainBroken(StorageError):
 
     code = "AUDIT_CHAIN_BROKEN"
     http_status = 500
+
+
+class WorkerFailed(GatewayError):
+    """A worker process of the node died again and again before it could serve."""
+
+    code = "WORKER_FAILED"
+    http_status = 500
+    meaning = "node cannot start"
 
 
 def all_error_classes() -> list[type[GatewayError]]:

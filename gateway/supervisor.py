@@ -17,6 +17,8 @@ workers that all accept on it; each builds its own database engine, trust store 
   keeps dying); SIGTERM or SIGINT stops every worker gracefully, then the supervisor. Workers
   die with the supervisor, even on SIGKILL (``PR_SET_PDEATHSIG`` on Linux, a watchdog thread
   elsewhere), so a killed node never leaves a worker serving.
+* A worker that dies five times in a row before serving (a bug, a broken installation)
+  stops the node: ``gateway serve`` exits with 1 rather than restart it for ever.
 * The ready file (``gateway serve --ready-file``) holds the supervisor's pid and is written
   once every worker is serving.
 
@@ -46,7 +48,7 @@ from typing import Any, Final
 import structlog
 
 from gateway import db, schema, server
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, WorkerFailed
 from gateway.logs import configure
 from gateway.node import Node, record_start
 from gateway.settings import Settings
@@ -59,6 +61,8 @@ log = structlog.get_logger("gateway.supervisor")
 _RESTART_PAUSE: Final = (0.5, 30.0)
 #: a worker that served this long before dying is restarted at once
 _HEALTHY_SECONDS: Final = 30.0
+#: a worker that dies this many times in a row before serving stops the node
+_MAX_FAILED_BOOTS: Final = 5
 #: seconds the supervisor waits for its workers after SIGTERM before it kills them
 _STOP_SECONDS: Final = 15.0
 _PR_SET_PDEATHSIG: Final = 1
@@ -81,7 +85,14 @@ def run_node(settings: Settings, config: Path, *, ready_file: Path | None = None
         _serve(node, ready_file=ready_file)
         return
     engine.dispose()  # no pooled connection may cross a fork
-    Supervisor(settings, ready_file=ready_file).run()
+    server.make_ssl_context(settings)  # a [tls] problem is reported now, not by each worker
+    supervisor = Supervisor(settings, ready_file=ready_file)
+    supervisor.run()
+    if supervisor.failed:
+        raise WorkerFailed(
+            f"a worker of node {settings.node.name} died {_MAX_FAILED_BOOTS} times in a row "
+            "before serving: see the log lines before this one"
+        )
 
 
 def _serve(
@@ -120,6 +131,10 @@ class _Worker:
     index: int
     pid: int = 0
     started: float = 0.0
+    #: it said it serves since it was last started
+    serving: bool = False
+    #: deaths in a row before it said it serves
+    failed_boots: int = 0
     pause: float = 0.0
     #: monotonic time before which a dead worker is not started again
     not_before: float = 0.0
@@ -134,6 +149,8 @@ class Supervisor:
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     _ready: set[int] = field(default_factory=set)
+    #: set when a worker could not start, time after time: `gateway serve` then exits with 1
+    failed: bool = False
 
     def run(self) -> None:
         settings = self.settings
@@ -196,6 +213,9 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):
             for byte in os.read(fd, 1024):
                 self._ready.add(byte)
+                if byte < len(self._workers):
+                    worker = self._workers[byte]
+                    worker.serving, worker.failed_boots = True, 0
         ready = len(self._ready) == len(self._workers)
         if self.ready_file is not None and ready and not self.ready_file.exists():
             server.write_ready_file(self.ready_file, sock, is_ssl=self._is_ssl())
@@ -219,6 +239,18 @@ class Supervisor:
                 served = time.monotonic() - worker.started
                 if self._stopping:
                     break
+                if not worker.serving:
+                    worker.failed_boots += 1
+                    if worker.failed_boots >= _MAX_FAILED_BOOTS:
+                        log.error(
+                            "supervisor.giving_up",
+                            worker=worker.index,
+                            failed_boots=worker.failed_boots,
+                        )
+                        self.failed = True
+                        self._stopping = True
+                        break
+                worker.serving = False
                 low, high = _RESTART_PAUSE
                 worker.pause = (
                     0.0 if served >= _HEALTHY_SECONDS else min(high, max(low, worker.pause * 2))

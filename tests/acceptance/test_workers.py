@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -197,3 +199,44 @@ def test_a_killed_supervisor_takes_its_workers_with_it(net: Network) -> None:
     net.nodes["h49"].process = None
     net.start("h49")
     assert len(_children(net.nodes["h49"].process.pid)) == 2  # type: ignore[union-attr]
+
+
+_BROKEN_WORKER = """
+import sys
+from pathlib import Path
+from gateway import supervisor
+from gateway.logs import configure
+from gateway.settings import load_settings
+
+configure("info")
+
+def broken(*args, **kwargs):
+    raise RuntimeError("this worker cannot start")
+
+supervisor._worker_main = broken
+supervisor._RESTART_PAUSE = (0.01, 0.05)
+try:
+    supervisor.run_node(load_settings(Path(sys.argv[1])), Path(sys.argv[1]))
+except supervisor.WorkerFailed as exc:
+    print("WORKER_FAILED", exc.code, exc.message)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_the_node_instead_of_looping(tmp_path: Path) -> None:
+    with Network(
+        tmp_path / "net", specs=SPECS[:1], node_settings={"central": {"server": {"workers": 2}}}
+    ) as network:
+        network.create()
+        config = network.nodes["central"].config
+        done = subprocess.run(
+            [sys.executable, "-c", _BROKEN_WORKER, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "WORKER_FAILED" in done.stdout and "5 times in a row" in done.stdout
+    assert '"supervisor.giving_up"' in done.stderr
+    assert done.stderr.count('"worker.crashed"') >= 5
