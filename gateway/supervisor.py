@@ -107,6 +107,7 @@ def _serve(
     from gateway.api import create_app
     from gateway.scheduler import checkpoint_now, start
 
+    config = server.make_config(create_app(node), node.settings)
     dispatcher = None
     if primary and node.directory is not None:
         from adapters.peer import HttpsPeerTransport
@@ -114,7 +115,6 @@ def _serve(
 
         dispatcher = Dispatcher(node, HttpsPeerTransport(node.settings))
     scheduler = start(node, dispatcher, primary=primary)
-    config = server.make_config(create_app(node), node.settings)
     try:
         server.GatewayServer(config, ready_file=ready_file, on_started=on_started).run(sockets)
     finally:
@@ -149,7 +149,7 @@ class Supervisor:
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     _ready: set[int] = field(default_factory=set)
-    #: set when a worker could not start, time after time: `gateway serve` then exits with 1
+    #: set when a worker could not start, time after time (`gateway serve` then fails)
     failed: bool = False
 
     def run(self) -> None:
