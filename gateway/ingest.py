@@ -46,7 +46,7 @@ from gateway.errors import (
 )
 from gateway.identity import Identity
 from gateway.node import LOCAL, Node
-from gateway.outbox import event_row
+from gateway.outbox import deliver_entry, event_row
 from gateway.receipts import make_receipt
 from gateway.status import (
     Event,
@@ -312,21 +312,26 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
                 )
             )
     conn.execute(_INSERT_EVENTS, timeline)
-    audit.append(
-        conn,
-        event="ingest" if plan.about is None else "status",
-        actor=actor,
-        subject=row["id"],
-        data={
-            "kind": row["kind"],
-            "sender": row["sender"],
-            "document_id": row["document_id"],
-            "sha256": row["sha256"],
-            "size": row["size"],
-            "recipients": [r for r, _ in plan.hops],
-            "status_code": status_code,
-        },
-    )
+    entries = [
+        audit.Entry(
+            "ingest" if plan.about is None else "status",
+            actor,
+            row["id"],
+            {
+                "kind": row["kind"],
+                "sender": row["sender"],
+                "document_id": row["document_id"],
+                "sha256": row["sha256"],
+                "size": row["size"],
+                "recipients": [r for r, _ in plan.hops],
+                "status_code": status_code,
+            },
+        )
+    ]
+    here = [r for r, hop in plan.hops if hop == LOCAL]
+    if here:
+        entries.append(deliver_entry(node.name, row["id"], here))
+    audit.append_many(conn, entries)
     return len(plan.hops)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "add_deliveries",
     "add_deliveries_many",
     "dead_letter",
+    "deliver_entry",
     "event_row",
     "list_deliveries",
     "mark_delivered",
@@ -196,10 +197,31 @@ def _route(
             )
 
 
-def _insert_routed(conn: Connection, node: Node, routed: _Routed) -> set[str]:
+def deliver_entry(node: str, gid: str, recipients: Sequence[str]) -> audit.Entry:
+    """The audit entry ``deliver``: package ``gid`` is in the inboxes of ``recipients`` here."""
+    return audit.Entry("deliver", f"node:{node}", gid, {"recipients": list(recipients)})
+
+
+_IDS_OF_SEQS = select(documents.c.seq, documents.c.id).where(
+    documents.c.seq.in_(bindparam("seqs", expanding=True))
+)
+
+
+def _insert_routed(
+    conn: Connection, node: Node, routed: _Routed, *, audit_local: bool = True
+) -> set[str]:
     if routed.rows:
         conn.execute(_INSERT_DELIVERIES, routed.rows)
         conn.execute(_INSERT_EVENTS, routed.timeline)
+    here: dict[int, list[str]] = {}
+    for row in routed.rows:
+        if row["next_hop"] == LOCAL:
+            here.setdefault(row["document_seq"], []).append(row["recipient"])
+    if here and audit_local:
+        ids = dict(conn.execute(_IDS_OF_SEQS, {"seqs": sorted(here)}).all())
+        audit.append_many(
+            conn, [deliver_entry(node.name, ids[seq], names) for seq, names in here.items()]
+        )
     woken = set(routed.woken)
     for (seq, code), (failed, messages) in routed.failures.items():
         woken |= _notify(
@@ -217,16 +239,23 @@ def add_deliveries(
     *,
     in_transit: bool,
     came_through: Sequence[str] = (),
+    audit_local: bool = True,
 ) -> set[str]:
     """Route ``recipients`` of a stored package and insert their delivery rows and events.
 
     A hosted recipient's row is ``delivered`` at once (its DMS pulls it); a recipient beyond a
     peer gets a waiting outbox row; a recipient nobody serves, or whose next hop is a node the
     package already passed through (``came_through``: a loop), gets a ``failed`` row and the
-    sender a failure notice. Returns the peers to wake.
+    sender a failure notice. Returns the peers to wake. A delivery to a hosted agency's inbox
+    is audited (``deliver``) unless ``audit_local`` is False (a package the node handles itself).
     """
     return add_deliveries_many(
-        conn, node, [(seq, recipients, came_through)], actor, in_transit=in_transit
+        conn,
+        node,
+        [(seq, recipients, came_through)],
+        actor,
+        in_transit=in_transit,
+        audit_local=audit_local,
     )
 
 
@@ -237,6 +266,7 @@ def add_deliveries_many(
     actor: str,
     *,
     in_transit: bool,
+    audit_local: bool = True,
 ) -> set[str]:
     """:func:`add_deliveries` for several stored packages, (seq, recipients, came through)
     each, with one insert of all their rows and one of all their events."""
@@ -253,7 +283,7 @@ def add_deliveries_many(
             in_transit=in_transit,
             came_through=came_through,
         )
-    return _insert_routed(conn, node, routed)
+    return _insert_routed(conn, node, routed, audit_local=audit_local)
 
 
 def mark_failed(

@@ -355,8 +355,8 @@ class _Batch:
                 self.arrivals.setdefault(c.sender, []).append((seq, here, path))
             entries.append(_relay_in(actor, p.row["id"], c, last_digest))
         conn.execute(_INSERT_HOPS, hop_rows)
-        self.woken |= outbox.add_deliveries_many(conn, node, packages, actor, in_transit=True)
         audit.append_many(conn, entries)
+        self.woken |= outbox.add_deliveries_many(conn, node, packages, actor, in_transit=True)
 
     def _repeat(self, c: _Checked, existing: Any) -> dict[str, Any]:
         """The same package again (a retried relay): its original receipt; new recipients."""
@@ -397,6 +397,8 @@ class _Batch:
         hop_rows: list[dict[str, Any]] = []
         last_digest = _hop_rows(hop_rows, seq, c, receipt)
         conn.execute(_INSERT_HOPS, hop_rows)
+        audit.append_many(conn, [_relay_in(actor, row["id"], c, last_digest)])
+        handled_here = c.notice is not None and c.notice["event"] == "delivered"
         self.woken |= outbox.add_deliveries(
             conn,
             node,
@@ -405,6 +407,7 @@ class _Batch:
             actor,
             in_transit=True,
             came_through=[hop["from"] for hop in c.hops],
+            audit_local=not handled_here,
         )
         if c.notice is not None and c.notice["event"] == "delivered":
             self._apply_delivered(c.notice)
@@ -424,7 +427,6 @@ class _Batch:
                 )
             elif isinstance(c.package, StatusPackage):
                 _apply_status(conn, node, about, c.package, actor, seq)
-        audit.append_many(conn, [_relay_in(actor, row["id"], c, last_digest)])
         return {"ok": True, "receipt": receipt, "duplicate": False}
 
     def _apply_delivered(self, notice: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ and restarts it. A push that meets a dead node (refused, reset, timed out) is re
 bytes, until the node answers: a repeat of a stored document returns its original 202 with
 ``duplicate: true``. After the last restart every document that got a 202 must be in the
 recipient's inbox exactly once, retrievable byte for byte, and stored whole: one delivery row,
-its ``accepted`` and ``delivered`` events and its audit entry; the audit chain must verify.
+its ``accepted`` and ``delivered`` events and its ``ingest`` and ``deliver`` audit entries; the
+audit chain must verify.
 
 Each run prints (and puts in its assertion message) one count line::
 
@@ -336,12 +337,19 @@ def _half_stored(engine: Engine, sent: dict[str, bytes]) -> tuple[int, list[str]
                 select(audit_log.c.subject).where(audit_log.c.event == "ingest")
             ).all()
         )
+        delivered_audit = Counter(
+            subject
+            for (subject,) in conn.execute(
+                select(audit_log.c.subject).where(audit_log.c.event == "deliver")
+            ).all()
+        )
     for d in docs:
         envelope = bytes(d.envelope)
         whole = (
             delivery_rows[d.seq] == 1
             and {"accepted", "delivered"} <= codes.get(d.seq, set())
             and audited[d.id] == 1
+            and delivered_audit[d.id] == 1
             and hashlib.sha256(envelope).hexdigest() == d.sha256
             and len(envelope) == d.size
             and sent.get(d.document_id) == envelope
@@ -349,7 +357,8 @@ def _half_stored(engine: Engine, sent: dict[str, bytes]) -> tuple[int, list[str]
         if not whole:
             problems.append(
                 f"document {d.id} ({d.document_id}): deliveries={delivery_rows[d.seq]} "
-                f"events={sorted(codes.get(d.seq, set()))} audit={audited[d.id]} "
+                f"events={sorted(codes.get(d.seq, set()))} audit={audited[d.id]}"
+                f"+{delivered_audit[d.id]} "
                 f"bytes_as_sent={sent.get(d.document_id) == envelope}"
             )
     ids = {d.id for d in docs}

@@ -223,6 +223,26 @@ def test_a_relayed_document_arrives_with_signed_hops_and_the_sender_sees_deliver
     assert sent["recipients"][0]["transport"] == "delivered"
     # the delivered notice is the node's business, not the sender DMS's
     assert list_inbox(pair.province, _agency(pair, H49)).items == []
+    # both audit logs say what happened: relayed out, relayed in, delivered to G12's inbox;
+    # the province delivered nothing to an inbox of its own
+    assert [(e, s) for e, s, _ in _audit(pair.central) if e in ("relay_in", "deliver")] == [
+        ("relay_in", inbox[0]["id"]),
+        ("deliver", inbox[0]["id"]),
+    ]
+    deliver = next(d for e, _, d in _audit(pair.central) if e == "deliver")
+    assert deliver == {"recipients": [G12]}
+    province = [e for e, _, _ in _audit(pair.province)]
+    assert "relay_out" in province and "deliver" not in province
+
+
+def _audit(node: Node) -> list[tuple[str, str | None, dict[str, Any]]]:
+    with node.reader.connect() as conn:
+        rows = conn.execute(
+            select(audit_log.c.event, audit_log.c.subject, audit_log.c.data).order_by(
+                audit_log.c.seq
+            )
+        ).all()
+    return [(r.event, r.subject, json.loads(r.data)) for r in rows]
 
 
 def _doc_id(node: Node) -> str:
