@@ -67,6 +67,7 @@ __all__ = [
     "checkpoint",
     "checkpoint_payload",
     "entry_hash",
+    "lock_chain",
     "verify",
 ]
 
@@ -349,6 +350,20 @@ def checkpoint(
         )
     )
     return seq
+
+
+def lock_chain(conn: Connection) -> None:
+    """Take the chain's lock now, for the rest of the caller's transaction, and read its head.
+
+    Usage: first thing in a PostgreSQL transaction that will append entries and also lock rows
+    (``gateway.node.Node.writing`` does it), so that the chain is always the first lock taken.
+    Appends of the same transaction then neither lock nor read again.
+    """
+    transaction = conn.get_transaction()
+    _lock(conn)
+    head = _head(conn)
+    if transaction is not None:
+        conn.info[_HEAD_KEY] = (transaction, head)
 
 
 def _lock(conn: Connection) -> None:

@@ -270,7 +270,7 @@ class Dispatcher:
         )
         if node.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        with node.writing() as conn:
+        with node.writing(chain=False) as conn:  # a claim writes no audit entry
             rows = conn.execute(query).all()
             if not rows or (not probe and rows[0].next_attempt_at > now):
                 return []
@@ -354,7 +354,7 @@ class Dispatcher:
             )
 
     def _release(self, claimed: list[_Claimed]) -> None:
-        with self.node.writing() as conn:
+        with self.node.writing(chain=False) as conn:
             conn.execute(
                 update(deliveries)
                 .where(

@@ -119,8 +119,15 @@ class Node:
         return self.settings.node.name
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[Connection]:
+    def writing(self, *, chain: bool = True) -> Iterator[Connection]:
         """A write transaction; on SQLite, writers of this process queue on a Python lock.
+
+        On PostgreSQL a transaction that may append to the audit log (``chain``, the default)
+        takes the chain's lock FIRST (:func:`gateway.audit.lock_chain`), before any row lock:
+        every such transaction then takes its locks in one order, so two of them can never
+        deadlock (a dispatcher holding delivery rows and waiting for the chain, a relay
+        receiver holding the chain and waiting for those rows). Only a transaction that
+        writes no audit entry (an outbox claim, a lease release) may pass ``chain=False``.
 
         SQLite makes a writer that finds the database locked sleep and retry (1, 2, 5 ... 100
         ms) instead of queueing, so under concurrent ingests the lock sits idle while writers
@@ -131,6 +138,8 @@ class Node:
         """
         if self.engine.dialect.name != "sqlite":
             with self.engine.begin() as conn:
+                if chain:
+                    audit.lock_chain(conn)
                 yield conn
             return
         with _SQLITE_WRITERS, db.sqlite_writer_lock(self.engine), self.engine.begin() as conn:
