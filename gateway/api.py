@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.peer import decode_batch
 from gateway import __version__, audit
+from gateway.admin import list_deliveries, requeue
 from gateway.errors import (
     AuthError,
     BodyTooLarge,
@@ -38,7 +39,6 @@ from gateway.identity import Identity, require_identity
 from gateway.inbox import acknowledge, evidence_view, fetch, list_inbox, status_view
 from gateway.ingest import Accepted, ingest_document, ingest_status
 from gateway.node import Node, directory_view
-from gateway.outbox import list_deliveries, requeue
 from gateway.readiness import readiness
 from gateway.relay import receive_batch
 from gateway.settings import MAX_RELAY_ITEMS

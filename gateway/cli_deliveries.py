@@ -74,7 +74,7 @@ def list_command(
     config: Path, state: str | None, peer: str | None, limit: int, as_json: bool
 ) -> None:
     """Show deliveries, newest first."""
-    from gateway.outbox import list_deliveries
+    from gateway.admin import list_deliveries
 
     with _node(config) as node:
         rows = list_deliveries(node, state=state, peer=peer, limit=limit)
@@ -99,7 +99,7 @@ def list_command(
 @click.option("--peer", help="With --all-failed: only those whose next hop is this node.")
 def requeue_command(config: Path, ids: tuple[int, ...], all_failed: bool, peer: str | None) -> None:
     """Send failed deliveries again (routed afresh, attempts and age budget reset)."""
-    from gateway.outbox import list_deliveries, requeue
+    from gateway.admin import list_deliveries, requeue
 
     if bool(ids) == all_failed:
         click.echo("error: USAGE_ERROR: name delivery ids or pass --all-failed", err=True)

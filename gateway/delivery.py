@@ -21,7 +21,7 @@ A **circuit breaker** per peer: after ``breaker_threshold`` consecutive failures
 attempts); when a probe succeeds every waiting row for that peer is made due at once, so the
 backlog drains at full speed rather than at each row's backoff. After ``max_attempts`` attempts or
 ``max_age`` seconds a delivery is dead-lettered, the sender is notified, and an admin can
-requeue it (:func:`gateway.outbox.requeue`).
+requeue it (:func:`gateway.admin.requeue`).
 
 Usage::
 

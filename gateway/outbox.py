@@ -1,17 +1,16 @@
-"""The outbox: delivery rows of stored packages, their timeline, dead letters and requeue.
+"""The outbox: delivery rows of stored packages, their timeline events, notices, dead letters.
 
 Every package a node stores gets one delivery row per recipient (:func:`add_deliveries`):
 ``delivered`` at once for an agency hosted here (its DMS pulls it), a waiting row whose
 ``next_hop`` is a neighbour node (:mod:`gateway.delivery` sends it), or ``failed`` for a
 recipient no node serves or that would loop, with a signed failure notice to the sender.
-Notices coming back (:func:`mark_delivered_many`, :func:`mark_failed`) move the rows and the
-timeline of the packages they are about. After the retry budget a delivery is
-:func:`dead_letter`-ed and the sender notified; only an operator :func:`requeue`-s it.
+After the retry budget a delivery is :func:`dead_letter`-ed and the sender notified; only an
+operator requeues it (:mod:`gateway.admin`). What notices coming back do to the rows is
+:mod:`gateway.notices`.
 
 Usage::
 
     woken = add_deliveries(conn, node, seq, ["000.00.00.G12"], actor, in_transit=False)
-    requeue(node, [delivery_id], actor="admin:cli")
 """
 
 from __future__ import annotations
@@ -31,21 +30,20 @@ from gateway import audit
 from gateway.agency import AgencyCode
 from gateway.binding import describe
 from gateway.errors import (
-    DeliveryNotFound,
     GatewayError,
     RecipientUnreachable,
     RouteLoop,
-    StatusTransitionInvalid,
 )
 from gateway.hops import sign_notice
 from gateway.node import LOCAL, Node
-from gateway.nodekey import canonical_json, parse_utc
+from gateway.nodekey import canonical_json
 from gateway.receipts import make_receipt
 from gateway.routing import would_loop
 from gateway.status import TransportState
 from gateway.tables import deliveries, documents, events, hops
 
 __all__ = [
+    "AT_RECIPIENT",
     "UNROUTABLE",
     "WAITING_STATES",
     "add_deliveries",
@@ -53,13 +51,8 @@ __all__ = [
     "dead_letter",
     "deliver_entry",
     "event_row",
-    "list_deliveries",
-    "mark_delivered",
-    "mark_delivered_many",
-    "mark_failed",
     "notify_delivered",
     "rearm_failed",
-    "requeue",
     "transport_event",
 ]
 
@@ -69,7 +62,8 @@ log = structlog.get_logger("gateway.outbox")
 UNROUTABLE = "unroutable"
 #: states of a row that still has to be handed on (by this node, or by the next one)
 WAITING_STATES = (TransportState.ACCEPTED.value, TransportState.IN_TRANSIT.value)
-_AT_RECIPIENT = (
+#: states of a row whose package is at the recipient's node
+AT_RECIPIENT = (
     TransportState.DELIVERED.value,
     TransportState.FETCHED.value,
     TransportState.ACKNOWLEDGED.value,
@@ -286,48 +280,6 @@ def add_deliveries_many(
     return _insert_routed(conn, node, routed, audit_local=audit_local)
 
 
-def mark_failed(
-    conn: Connection,
-    node: Node,
-    seq: int,
-    recipients: Sequence[str],
-    *,
-    code: str,
-    message: str,
-    at_node: str,
-    actor: str,
-) -> None:
-    """Record a failure reported by ``at_node`` (a notice) on this node's rows and timeline."""
-    now = node.now()
-    rows = conn.execute(
-        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state).where(
-            and_(deliveries.c.document_seq == seq, deliveries.c.recipient.in_(list(recipients)))
-        )
-    ).all()
-    failing = [r for r in rows if r.state not in (*_AT_RECIPIENT, TransportState.FAILED.value)]
-    if not failing:
-        return
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id.in_([r.id for r in failing]))
-        .values(
-            state=TransportState.FAILED.value,
-            next_attempt_at=None,
-            leased_by=None,
-            lease_until=None,
-            last_error=f"{code} at {at_node}",
-            updated_at=now,
-        )
-    )
-    conn.execute(
-        events.insert(),
-        [
-            transport_event(seq, r.recipient, now, "failed", at_node, actor, f"{code}: {message}")
-            for r in failing
-        ],
-    )
-
-
 def _notify(
     conn: Connection,
     node: Node,
@@ -494,88 +446,6 @@ def notify_delivered(
     )
 
 
-def mark_delivered(
-    conn: Connection,
-    node: Node,
-    seq: int,
-    recipients: Sequence[str],
-    *,
-    path: Sequence[Sequence[str]],
-    at_node: str,
-    actor: str,
-) -> None:
-    """Record a delivery reported by ``at_node``: each hop of ``path`` the timeline does not
-    show yet (its node and time), then ``delivered``."""
-    mark_delivered_many(conn, node, [(seq, recipients, path)], at_node=at_node, actor=actor)
-
-
-_DELIVERY_ROWS_OF = select(
-    deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient, deliveries.c.state
-).where(deliveries.c.document_seq.in_(bindparam("seqs", expanding=True)))
-_IN_TRANSIT_SEEN = select(events.c.document_seq, events.c.recipient, events.c.node).where(
-    and_(
-        events.c.document_seq.in_(bindparam("seqs", expanding=True)),
-        events.c.code == TransportState.IN_TRANSIT.value,
-    )
-)
-_MARK_DELIVERED = (
-    update(deliveries)
-    .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        state=TransportState.DELIVERED.value,
-        next_attempt_at=None,
-        updated_at=bindparam("now"),
-    )
-)
-
-
-def mark_delivered_many(
-    conn: Connection,
-    node: Node,
-    packages: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]]]],
-    *,
-    at_node: str,
-    actor: str,
-) -> None:
-    """:func:`mark_delivered` for the packages of one delivered notice, (seq, recipients,
-    path) each, in a handful of statements whatever their number."""
-    if not packages:
-        return
-    seqs = sorted({seq for seq, _, _ in packages})
-    rows: dict[tuple[int, str], Any] = {
-        (r.document_seq, r.recipient): r for r in conn.execute(_DELIVERY_ROWS_OF, {"seqs": seqs})
-    }
-    seen = {
-        (r.document_seq, r.recipient, r.node)
-        for r in conn.execute(_IN_TRANSIT_SEEN, {"seqs": seqs})
-    }
-    now = node.now()
-    timeline: list[dict[str, Any]] = []
-    moved: dict[int, None] = {}  # ordered, and a fast membership test
-    movable = (*WAITING_STATES, TransportState.FAILED.value)
-    for seq, recipients, path in packages:
-        for recipient in recipients:
-            r = rows.get((seq, recipient))
-            if r is None or r.state not in movable or r.id in moved:
-                continue
-            moved[r.id] = None
-            if r.state == TransportState.FAILED.value:
-                # requeued downstream after a failure notice: the delivery proves it went on
-                timeline.append(
-                    transport_event(seq, recipient, now, "accepted", at_node, actor, "requeued")
-                )
-            for _, to, at in path:
-                if (seq, recipient, to) in seen or to == at_node:
-                    continue
-                timeline.append(
-                    transport_event(seq, recipient, parse_utc(at), "in_transit", to, actor)
-                )
-            timeline.append(transport_event(seq, recipient, now, "delivered", at_node, actor))
-    if moved:
-        conn.execute(_INSERT_EVENTS, timeline)
-        conn.execute(_MARK_DELIVERED, {"ids": list(moved), "now": now})
-
-
 def dead_letter(
     conn: Connection,
     node: Node,
@@ -636,119 +506,6 @@ def dead_letter(
         woken |= _notify(conn, node, seq, recipients, code=code, message=message, failed_hop=peer)
     log.warning("outbox.dead_letter", rows=len(rows), code=code, peer=peer)
     return woken
-
-
-# --- admin -----------------------------------------------------------------------------------
-
-
-def list_deliveries(
-    node: Node, *, state: str | None = None, peer: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Outbox and delivery rows for admins, newest first (``state="failed"``: dead letters)."""
-    query = (
-        select(
-            deliveries.c.id,
-            documents.c.id.label("document"),
-            documents.c.kind,
-            documents.c.sender,
-            documents.c.document_id,
-            deliveries.c.recipient,
-            deliveries.c.next_hop,
-            deliveries.c.state,
-            deliveries.c.attempts,
-            deliveries.c.next_attempt_at,
-            deliveries.c.last_error,
-            deliveries.c.updated_at,
-        )
-        .join(documents, documents.c.seq == deliveries.c.document_seq)
-        .order_by(deliveries.c.id.desc())
-        .limit(max(1, min(limit, 1000)))
-    )
-    if state == "waiting":
-        query = query.where(deliveries.c.next_attempt_at.is_not(None))
-    elif state is not None:
-        query = query.where(deliveries.c.state == state)
-    if peer is not None:
-        query = query.where(deliveries.c.next_hop == peer)
-    with node.reader.connect() as conn:
-        rows = conn.execute(query).all()
-    return [
-        {
-            "id": r.id,
-            "document": r.document,
-            "kind": r.kind,
-            "sender": r.sender,
-            "document_id": r.document_id,
-            "recipient": r.recipient,
-            "next_hop": r.next_hop,
-            "state": r.state,
-            "attempts": r.attempts,
-            "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
-            "last_error": r.last_error,
-            "updated_at": r.updated_at.isoformat(),
-        }
-        for r in rows
-    ]
-
-
-def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
-    """Send failed deliveries again: routed afresh, attempts and age budget reset; audited.
-
-    Raises :class:`DeliveryNotFound` for an unknown id and
-    :class:`~gateway.errors.StatusTransitionInvalid` for a delivery that has not failed.
-    """
-    now = node.now()
-    woken: set[str] = set()
-    with node.writing() as conn:
-        rows = conn.execute(
-            select(
-                deliveries.c.id,
-                deliveries.c.document_seq,
-                deliveries.c.recipient,
-                deliveries.c.state,
-            ).where(deliveries.c.id.in_(list(ids)))
-        ).all()
-        found = {r.id for r in rows}
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise DeliveryNotFound(f"no delivery {missing[0]}", detail={"id": missing[0]})
-        for row in rows:
-            if row.state != TransportState.FAILED.value:
-                raise StatusTransitionInvalid(
-                    f"delivery {row.id} is {row.state}, not failed: only a failed delivery is "
-                    "requeued",
-                    detail={"id": row.id, "state": row.state},
-                )
-        for row in rows:
-            hop = node.next_hop(AgencyCode.parse(row.recipient))
-            values: dict[str, Any] = {
-                "next_hop": hop,
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-                "last_error": None,
-                "leased_by": None,
-                "lease_until": None,
-            }
-            if hop == LOCAL:
-                values |= {"state": TransportState.DELIVERED.value, "next_attempt_at": None}
-            else:
-                values |= {"state": TransportState.ACCEPTED.value, "next_attempt_at": now}
-                woken.add(hop)
-            conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
-            conn.execute(
-                events.insert().values(
-                    transport_event(
-                        row.document_seq, row.recipient, now, values["state"], node.name, actor
-                    )
-                )
-            )
-        audit.append(
-            conn, event="requeue", actor=actor, subject=None, data={"deliveries": sorted(found)}
-        )
-    log.info("outbox.requeued", deliveries=sorted(found), actor=actor)
-    node.wake(woken)
-    return sorted(found)
 
 
 def rearm_failed(

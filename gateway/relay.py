@@ -29,7 +29,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.peer import RelayItem
-from gateway import audit, outbox
+from gateway import audit, notices, outbox
 from gateway.agency import AgencyCode
 from gateway.binding import describe
 from gateway.envelope import DocumentPackage, PackageKind, StatusCode, StatusPackage
@@ -415,7 +415,7 @@ class _Batch:
             conn.execute(_NOTICE_HANDLED, {"seq": seq})
         if about is not None:
             if c.notice is not None:
-                outbox.mark_failed(
+                notices.mark_failed(
                     conn,
                     node,
                     about,
@@ -443,7 +443,7 @@ class _Batch:
         ]
         keys = sorted({key for key, _ in keyed})
         seqs = {r.dedup_key: r.seq for r in self.conn.execute(_SEQ_OF_KEYS, {"keys": keys})}
-        outbox.mark_delivered_many(
+        notices.mark_delivered_many(
             self.conn,
             self.node,
             [(seqs[key], item["recipients"], item["path"]) for key, item in keyed if key in seqs],

@@ -24,6 +24,7 @@ from support import DevPKI
 
 from adapters.peer import ItemResult, RelayItem, decode_batch, encode_batch
 from gateway import db
+from gateway.admin import list_deliveries, requeue
 from gateway.delivery import Dispatcher
 from gateway.devnode import write_node_config
 from gateway.errors import PeerUnavailable
@@ -32,7 +33,6 @@ from gateway.identity import Identity
 from gateway.inbox import fetch, list_inbox, status_view
 from gateway.ingest import ingest_document
 from gateway.node import Node
-from gateway.outbox import list_deliveries, requeue
 from gateway.receipts import verify_receipt
 from gateway.relay import receive_batch
 from gateway.routing import Peer
