@@ -6,7 +6,7 @@ logged. Agencies authenticate with their client certificate (:mod:`gateway.ident
 Usage::
 
     app = create_app(node)
-    # served by gateway.server.run(app, settings)
+    # served by `gateway serve` (gateway.supervisor), or gateway.server.run(app, settings)
 
 FastAPI reads the route signatures at run time, so this module does not use postponed
 annotations (``Caller`` is local to :func:`create_app`).

@@ -40,7 +40,7 @@ from gateway.nodekey import canonical_json
 from gateway.receipts import make_receipt
 from gateway.routing import would_loop
 from gateway.status import TransportState
-from gateway.tables import deliveries, documents, events, hops
+from gateway.tables import deliveries, documents, events
 
 __all__ = [
     "AT_RECIPIENT",
@@ -116,7 +116,6 @@ def transport_event(
 #: built once: SQLAlchemy compiles a statement per distinct construct, not per row
 _INSERT_DELIVERIES = deliveries.insert()
 _INSERT_EVENTS = events.insert()
-_INSERT_HOPS = hops.insert()
 
 
 @dataclass(slots=True)

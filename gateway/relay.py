@@ -270,9 +270,6 @@ _Arrivals = dict[str, list[tuple[int, list[str], list[list[str]]]]]
 _EXISTING = select(
     documents.c.seq, documents.c.id, documents.c.sha256, documents.c.receipt, documents.c.dedup_key
 ).where(documents.c.dedup_key.in_(bindparam("keys", expanding=True)))
-_SEQ_OF_KEYS = select(documents.c.seq, documents.c.dedup_key).where(
-    documents.c.dedup_key.in_(bindparam("keys", expanding=True))
-)
 _INSERT_DOCUMENTS = documents.insert().returning(documents.c.seq, sort_by_parameter_order=True)
 _INSERT_HOPS = hops.insert()
 _INSERT_EVENT = events.insert()
@@ -442,7 +439,7 @@ class _Batch:
             for item in notice["items"]
         ]
         keys = sorted({key for key, _ in keyed})
-        seqs = {r.dedup_key: r.seq for r in self.conn.execute(_SEQ_OF_KEYS, {"keys": keys})}
+        seqs = {r.dedup_key: r.seq for r in self.conn.execute(_EXISTING, {"keys": keys})}
         notices.mark_delivered_many(
             self.conn,
             self.node,

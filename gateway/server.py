@@ -27,7 +27,7 @@ Two deployments (docs/transport.md):
 
 Usage::
 
-    run(app, settings)                      # blocking; what `gateway serve` calls
+    run(app, settings)                      # blocking: one listener, no background jobs
     uvicorn.Server(make_config(app, settings)).run()
 
 .. warning:: uvicorn's ``proxy_headers`` is switched off: with it on, any client could claim
@@ -64,7 +64,6 @@ __all__ = [
     "make_ssl_context",
     "run",
     "tls_extension",
-    "write_ready_file",
 ]
 
 #: seconds an idle keep-alive connection stays open: a new TLS handshake costs ~5 ms
@@ -287,7 +286,7 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.ready_file is not None:
-            write_ready_file(self.ready_file, self.servers[0].sockets[0], is_ssl=self.config.is_ssl)
+            _write_ready(self.ready_file, self.servers[0].sockets[0], is_ssl=self.config.is_ssl)
         if self.started and self.on_started is not None:
             self.on_started()
 
@@ -300,7 +299,8 @@ class GatewayServer(uvicorn.Server):
 
 
 def run(app: Any, settings: Settings, *, ready_file: Path | None = None) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM (blocking): what ``gateway serve`` calls.
+    """Serve ``app`` until SIGINT/SIGTERM (blocking): the listener alone, without the node's
+    background jobs (``gateway serve`` runs those too: :mod:`gateway.supervisor`).
 
     Usage: ``run(create_app(settings), settings, ready_file=Path("/run/gateway.ready"))``.
 
@@ -310,7 +310,7 @@ def run(app: Any, settings: Settings, *, ready_file: Path | None = None) -> None
     GatewayServer(make_config(app, settings), ready_file=ready_file).run()
 
 
-def write_ready_file(path: Path, sock: Any, *, is_ssl: bool) -> None:
+def _write_ready(path: Path, sock: Any, *, is_ssl: bool) -> None:
     """Write ``{"pid", "host", "port", "scheme"}`` for the listening ``sock`` atomically."""
     host, port = sock.getsockname()[:2]
     info = {

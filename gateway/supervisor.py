@@ -19,8 +19,6 @@ workers that all accept on it; each builds its own database engine, trust store 
   elsewhere), so a killed node never leaves a worker serving.
 * A worker that dies five times in a row before serving (a bug, a broken installation)
   stops the node: ``gateway serve`` exits with 1 rather than restart it for ever.
-* The ready file (``gateway serve --ready-file``) holds the supervisor's pid and is written
-  once every worker is serving.
 
 Usage::
 
@@ -70,7 +68,7 @@ _PR_SET_PDEATHSIG: Final = 1
 _BIND_SECONDS: Final = 10.0
 
 
-def run_node(settings: Settings, config: Path, *, ready_file: Path | None = None) -> None:
+def run_node(settings: Settings, config: Path) -> None:
     """Check the database and the settings, then serve until SIGTERM/SIGINT (blocking).
 
     Raises :class:`~gateway.errors.GatewayError` (``DatabaseNotMigrated``, ``ConfigError``,
@@ -82,11 +80,11 @@ def run_node(settings: Settings, config: Path, *, ready_file: Path | None = None
     schema.check_schemas()  # compile both validators now, not on the first refusal
     record_start(node)
     if settings.server.workers == 1:
-        _serve(node, ready_file=ready_file)
+        _serve(node)
         return
     engine.dispose()  # no pooled connection may cross a fork
     server.make_ssl_context(settings)  # a [tls] problem is reported now, not by each worker
-    supervisor = Supervisor(settings, ready_file=ready_file)
+    supervisor = Supervisor(settings)
     supervisor.run()
     if supervisor.failed:
         raise WorkerFailed(
@@ -98,7 +96,6 @@ def run_node(settings: Settings, config: Path, *, ready_file: Path | None = None
 def _serve(
     node: Node,
     *,
-    ready_file: Path | None = None,
     sockets: list[socket.socket] | None = None,
     primary: bool = True,
     on_started: Callable[[], None] | None = None,
@@ -116,7 +113,7 @@ def _serve(
         dispatcher = Dispatcher(node, HttpsPeerTransport(node.settings))
     scheduler = start(node, dispatcher, primary=primary)
     try:
-        server.GatewayServer(config, ready_file=ready_file, on_started=on_started).run(sockets)
+        server.GatewayServer(config, on_started=on_started).run(sockets)
     finally:
         scheduler.shutdown(wait=False)
         if primary:
@@ -145,10 +142,8 @@ class Supervisor:
     """Forks ``[server] workers`` serving processes on one socket and keeps them running."""
 
     settings: Settings
-    ready_file: Path | None = None
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
-    _ready: set[int] = field(default_factory=set)
     #: set when a worker could not start, time after time (`gateway serve` then fails)
     failed: bool = False
 
@@ -175,15 +170,13 @@ class Supervisor:
                 for worker in self._workers:
                     if worker.pid == 0 and now >= worker.not_before:
                         self._fork(worker, sock, (wake_read, wake_write), ready_write)
-                self._read_ready(ready_read, sock)
+                self._read_ready(ready_read)
                 self._reap()
                 time.sleep(0.1)
         finally:
             self._stop_all()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            if self.ready_file is not None:
-                self.ready_file.unlink(missing_ok=True)
             for fd in (wake_read, wake_write, ready_read, ready_write):
                 os.close(fd)
             sock.close()
@@ -209,17 +202,15 @@ class Supervisor:
         worker.pid, worker.started = pid, time.monotonic()
         log.info("supervisor.worker_started", worker=worker.index, pid=pid)
 
-    def _read_ready(self, fd: int, sock: socket.socket) -> None:
+    def _read_ready(self, fd: int) -> None:
+        """Note the workers that said they serve (a byte each: their index)."""
         with contextlib.suppress(BlockingIOError):
             for byte in os.read(fd, 1024):
-                self._ready.add(byte)
                 if byte < len(self._workers):
                     worker = self._workers[byte]
+                    if not worker.serving:
+                        log.info("supervisor.worker_serving", worker=byte, pid=worker.pid)
                     worker.serving, worker.failed_boots = True, 0
-        ready = len(self._ready) == len(self._workers)
-        if self.ready_file is not None and ready and not self.ready_file.exists():
-            server.write_ready_file(self.ready_file, sock, is_ssl=self._is_ssl())
-            log.info("supervisor.ready", workers=len(self._workers))
 
     def _is_ssl(self) -> bool:
         return self.settings.tls.cert is not None
