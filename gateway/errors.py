@@ -18,7 +18,10 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── EntityDeclarationForbidden  XML_ENTITY_DECLARATION
     │   ├── XMLTooLarge                 XML_TOO_LARGE
     │   ├── XMLTooDeep                  XML_TOO_DEEP
-    │   └── XMLTooManyElements          XML_TOO_MANY_ELEMENTS
+    │   ├── XMLTooManyElements          XML_TOO_MANY_ELEMENTS       (elements, comments, PIs)
+    │   ├── XMLTooManyAttributes        XML_TOO_MANY_ATTRIBUTES
+    │   ├── XMLTooManyNamespaces        XML_TOO_MANY_NAMESPACES
+    │   └── XMLTextTooLarge             XML_TEXT_TOO_LARGE
     ├── SchemaError                     SCHEMA_INVALID
     ├── EnvelopeError                   (well-formed and valid, but not a consistent package)
     │   ├── UnknownPackageKind          ENVELOPE_UNKNOWN_KIND
@@ -38,15 +41,17 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── PartialCoverage             SIGNATURE_PARTIAL_COVERAGE
     │   ├── WeakAlgorithm               SIGNATURE_WEAK_ALGORITHM
     │   ├── UnsupportedAlgorithm        SIGNATURE_UNSUPPORTED_ALGORITHM
+    │   ├── SignatureNonCanonical       SIGNATURE_NON_CANONICAL     (high-S ECDSA)
     │   ├── SignatureValueMismatch      SIGNATURE_VALUE_MISMATCH
     │   └── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
     ├── TrustError                      (who signed, and may we believe them)
-        ├── CertificateMalformed        CERT_MALFORMED
-        ├── CertificateUntrusted        CERT_UNTRUSTED
-        ├── CertificateNotValidAtSigning CERT_NOT_VALID_AT_SIGNING
-        ├── CertificateExpired          CERT_EXPIRED
-        ├── CertificateRevoked          CERT_REVOKED
-        ├── CRLInvalid                  CRL_INVALID
+    │   ├── CertificateMalformed        CERT_MALFORMED
+    │   ├── CertificateUntrusted        CERT_UNTRUSTED
+    │   ├── CertificateKeyWeak          CERT_KEY_WEAK               (RSA < 2048, other curves)
+    │   ├── CertificateNotValidAtSigning CERT_NOT_VALID_AT_SIGNING
+    │   ├── CertificateExpired          CERT_EXPIRED
+    │   ├── CertificateRevoked          CERT_REVOKED
+    │   ├── CRLInvalid                  CRL_INVALID
     │   ├── SignerUnbound               SIGNER_AGENCY_UNBOUND
     │   └── SignerMismatch              SIGNER_AGENCY_MISMATCH
     ├── AuthError                       (who is calling the API)
@@ -59,6 +64,10 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── TooManyRecipients           REQUEST_TOO_MANY_RECIPIENTS
     │   ├── RecipientUnreachable        REQUEST_RECIPIENT_UNREACHABLE
     │   ├── BodyTooLarge                REQUEST_BODY_TOO_LARGE
+    │   ├── JSONTooDeep                 REQUEST_JSON_TOO_DEEP
+    │   ├── HeadersTooLarge             REQUEST_HEADERS_TOO_LARGE
+    │   ├── RequestTimeout              REQUEST_TIMEOUT
+    │   ├── BudgetExceeded              REQUEST_BUDGET_EXCEEDED     (CPU time per upload)
     │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
     ├── RelayError                      (node-to-node relay: hops, receipts, peers)
     │   ├── RelayMalformed              RELAY_MALFORMED
@@ -76,6 +85,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── StatusTargetUnknown         STATUS_TARGET_UNKNOWN
     │   ├── StatusNotAllowed            STATUS_NOT_ALLOWED
     │   └── StatusTransitionInvalid     STATUS_TRANSITION_INVALID
+    ├── InternalError                   INTERNAL_ERROR              (a bug: logged, never shown)
     └── StorageError                    (the node's database)
         ├── DatabaseNotMigrated         DATABASE_NOT_MIGRATED
         ├── DatabaseUnavailable         DATABASE_UNAVAILABLE
@@ -97,8 +107,10 @@ __all__ = [
     "AuthError",
     "AuthRequired",
     "BodyTooLarge",
+    "BudgetExceeded",
     "CRLInvalid",
     "CertificateExpired",
+    "CertificateKeyWeak",
     "CertificateMalformed",
     "CertificateNotValidAtSigning",
     "CertificateRevoked",
@@ -122,9 +134,12 @@ __all__ = [
     "Forbidden",
     "ForgedHeader",
     "GatewayError",
+    "HeadersTooLarge",
     "HopChainBroken",
     "HopSignatureInvalid",
+    "InternalError",
     "InvalidValue",
+    "JSONTooDeep",
     "MalformedXML",
     "ManifestMismatch",
     "MissingElement",
@@ -136,6 +151,7 @@ __all__ = [
     "RelayError",
     "RelayMalformed",
     "RequestError",
+    "RequestTimeout",
     "RouteLoop",
     "SchemaError",
     "SenderMismatch",
@@ -143,6 +159,7 @@ __all__ = [
     "SignatureMalformed",
     "SignatureMisplaced",
     "SignatureMissing",
+    "SignatureNonCanonical",
     "SignatureValueMismatch",
     "SignerMismatch",
     "SignerUnbound",
@@ -162,9 +179,12 @@ __all__ = [
     "WrappedEnvelope",
     "WrongPackageKind",
     "XMLError",
+    "XMLTextTooLarge",
     "XMLTooDeep",
     "XMLTooLarge",
+    "XMLTooManyAttributes",
     "XMLTooManyElements",
+    "XMLTooManyNamespaces",
     "all_error_classes",
 ]
 
@@ -272,10 +292,32 @@ class XMLTooDeep(XMLError):
 
 
 class XMLTooManyElements(XMLError):
-    """The package has more elements than this node accepts."""
+    """The package has more nodes (elements, comments, processing instructions) than allowed."""
 
     code = "XML_TOO_MANY_ELEMENTS"
     meaning = "package refused: too many elements"
+
+
+class XMLTooManyAttributes(XMLError):
+    """An element of the package carries more attributes than this node accepts."""
+
+    code = "XML_TOO_MANY_ATTRIBUTES"
+    meaning = "package refused: too many attributes on one element"
+
+
+class XMLTooManyNamespaces(XMLError):
+    """The package declares more namespaces (on one element or in all) than this node accepts."""
+
+    code = "XML_TOO_MANY_NAMESPACES"
+    meaning = "package refused: too many namespace declarations"
+
+
+class XMLTextTooLarge(XMLError):
+    """A text node or attribute value of the package is larger than this node accepts."""
+
+    code = "XML_TEXT_TOO_LARGE"
+    http_status = 413
+    meaning = "package refused: text node too large"
 
 
 # --- schema and envelope ---------------------------------------------------------------------
@@ -406,6 +448,13 @@ class UnsupportedAlgorithm(SignatureError):
     code = "SIGNATURE_UNSUPPORTED_ALGORITHM"
 
 
+class SignatureNonCanonical(SignatureError):
+    """The ECDSA signature is in its malleable high-S form; only low-S signatures are accepted."""
+
+    code = "SIGNATURE_NON_CANONICAL"
+    meaning = "signature refused: non-canonical (high-S) ECDSA value"
+
+
 class SignatureValueMismatch(SignatureError):
     """The SignatureValue does not match SignedInfo under the signer's key."""
 
@@ -439,6 +488,13 @@ class CertificateUntrusted(TrustError):
     """The signer's certificate does not chain to a trust anchor."""
 
     code = "CERT_UNTRUSTED"
+
+
+class CertificateKeyWeak(TrustError):
+    """The certificate's key is outside the trust policy (RSA >= 2048, EC on P-256 or P-384)."""
+
+    code = "CERT_KEY_WEAK"
+    meaning = "signer refused: key too weak or of a kind not admitted"
 
 
 class CertificateNotValidAtSigning(TrustError):
@@ -545,6 +601,38 @@ class BodyTooLarge(RequestError):
 
     code = "REQUEST_BODY_TOO_LARGE"
     http_status = 413
+
+
+class JSONTooDeep(RequestError):
+    """The JSON body nests deeper than this node accepts."""
+
+    code = "REQUEST_JSON_TOO_DEEP"
+    http_status = 400
+    meaning = "request refused: JSON nested too deep"
+
+
+class HeadersTooLarge(RequestError):
+    """The request's headers are larger or more numerous than this node accepts."""
+
+    code = "REQUEST_HEADERS_TOO_LARGE"
+    http_status = 431
+    meaning = "request refused: headers too large"
+
+
+class RequestTimeout(RequestError):
+    """The request's headers or body did not arrive in time."""
+
+    code = "REQUEST_TIMEOUT"
+    http_status = 408
+    meaning = "request refused: too slow"
+
+
+class BudgetExceeded(RequestError):
+    """The package took more processing time than one upload may use; it was not stored."""
+
+    code = "REQUEST_BUDGET_EXCEEDED"
+    http_status = 422
+    meaning = "package refused: exceeds the processing budget of one upload"
 
 
 class WrongPackageKind(RequestError):
@@ -667,6 +755,14 @@ class StatusTransitionInvalid(StatusError):
     """This status makes no sense after the statuses already recorded."""
 
     code = "STATUS_TRANSITION_INVALID"
+
+
+class InternalError(GatewayError):
+    """The node failed to handle the request; nothing was stored, and the operators are told."""
+
+    code = "INTERNAL_ERROR"
+    http_status = 500
+    meaning = "internal error: try again later"
 
 
 class StorageError(GatewayError):

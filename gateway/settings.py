@@ -89,12 +89,31 @@ class LimitsSettings:
     max_recipients: int = 500
     #: most attachments in one document
     max_attachments: int = 100
+    #: most attributes on one element
+    max_attributes: int = 32
+    #: most namespace declarations on one element
+    max_namespaces_per_element: int = 16
+    #: most namespace declarations in one package
+    max_namespaces: int = 256
+    #: largest text node or attribute value, in bytes (attachment payloads excepted: they are
+    #: bounded by max_envelope_bytes)
+    max_text_bytes: int = 1024 * 1024
+    #: seconds of processing one upload may take before it is refused (REQUEST_BUDGET_EXCEEDED)
+    upload_budget: float = 30.0
+    #: largest body of a JSON route (admin requeue and the like), in bytes
+    max_json_bytes: int = 64 * 1024
+    #: deepest nesting of a JSON body or of the relay batch's JSON framing
+    max_json_depth: int = 32
 
     def xml_limits(self) -> XMLLimits:
         return XMLLimits(
             max_bytes=self.max_envelope_bytes,
             max_depth=self.max_depth,
             max_elements=self.max_elements,
+            max_attributes=self.max_attributes,
+            max_namespaces_per_element=self.max_namespaces_per_element,
+            max_namespaces=self.max_namespaces,
+            max_text_bytes=self.max_text_bytes,
         )
 
 
@@ -161,6 +180,15 @@ class ServerSettings:
     #: processes serving the node on that port (one per core uses the machine; see
     #: gateway.supervisor): worker 0 also runs the outbox dispatcher and the audit checkpoints
     workers: int = 1
+    #: largest request head (request line plus headers), in bytes
+    max_header_bytes: int = 16 * 1024
+    #: most request headers
+    max_headers: int = 100
+    #: seconds a client has to send a whole request head (from connecting, or from the end of
+    #: its previous request on a keep-alive connection)
+    header_timeout: float = 10.0
+    #: seconds a client may leave a request body without sending a byte
+    body_timeout: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -61,8 +61,17 @@ class XMLLimits:
     max_bytes: int = 80 * 1024 * 1024
     #: deepest element nesting accepted (the edXML tree is about 8 deep)
     max_depth: int = 64
-    #: most elements accepted in one package
+    #: most nodes accepted in one package: elements, comments and processing instructions
     max_elements: int = 100_000
+    #: most attributes on one element
+    max_attributes: int = 32
+    #: most namespace declarations on one element
+    max_namespaces_per_element: int = 16
+    #: most namespace declarations in the whole package
+    max_namespaces: int = 256
+    #: largest text node or attribute value in bytes; attachment payloads
+    #: (``ContentTransferEncoded``) are bounded by max_bytes alone
+    max_text_bytes: int = 1024 * 1024
 
 
 DEFAULT_LIMITS = XMLLimits()
