@@ -42,9 +42,10 @@ from typing import Any, Final
 
 import httpx
 
-from gateway.errors import PeerUnavailable, RelayMalformed
+from gateway import jsonsafe
+from gateway.errors import JSONTooDeep, PeerUnavailable, RelayMalformed
 from gateway.routing import Peer
-from gateway.settings import Settings
+from gateway.settings import LimitsSettings, Settings
 
 __all__ = [
     "RELAY_CONTENT_TYPE",
@@ -61,6 +62,9 @@ RELAY_CONTENT_TYPE: Final = "application/vnd.edxml-gateway.relay"
 _KINDS: Final = frozenset({"document", "status", "notice"})
 #: the manifest line may not exceed this (hop records are ~2 KB each)
 _MAX_MANIFEST: Final = 8 * 1024 * 1024
+#: nesting of the manifest's JSON unless the caller says otherwise ([limits] max_json_depth);
+#: a real manifest nests about 6 deep
+_MAX_DEPTH: Final = LimitsSettings().max_json_depth
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +106,25 @@ def encode_batch(items: Sequence[RelayItem]) -> bytes:
     return b"".join([head, b"\n", *(i.body for i in items)])
 
 
-def decode_batch(data: bytes, *, max_items: int) -> list[RelayItem]:
-    """Split a relay request body into its items; :class:`RelayMalformed` naming the fault."""
+def decode_batch(data: bytes, *, max_items: int, max_depth: int = _MAX_DEPTH) -> list[RelayItem]:
+    """Split a relay request body into its items.
+
+    Usage: ``items = decode_batch(body, max_items=500, max_depth=32)``.
+
+    Raises :class:`RelayMalformed` naming the fault, or :class:`JSONTooDeep` when the manifest
+    nests deeper than ``max_depth`` (measured before it is parsed); never anything else.
+    """
     end = data.find(b"\n", 0, _MAX_MANIFEST)
     if end < 0:
         raise RelayMalformed("the relay body has no manifest line (JSON, then a newline)")
     try:
-        manifest = json.loads(data[:end])
+        manifest = jsonsafe.loads(data[:end], max_depth=max_depth)
+    except JSONTooDeep as exc:
+        raise JSONTooDeep(f"the relay manifest: {exc.message}", detail=exc.detail) from None
     except ValueError as exc:
-        raise RelayMalformed(f"the relay manifest is not JSON: {exc}") from None
+        # the parser's own words, never the bytes: json's message names a position only
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise RelayMalformed(f"the relay manifest is not UTF-8 JSON: {reason}") from None
     if not isinstance(manifest, dict) or manifest.get("v") != 1:
         raise RelayMalformed("the relay manifest must be a version-1 JSON object")
     entries = manifest.get("items")
@@ -124,7 +138,8 @@ def decode_batch(data: bytes, *, max_items: int) -> list[RelayItem]:
     offset = end + 1
     items: list[RelayItem] = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or entry.get("kind") not in _KINDS:
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if not isinstance(kind, str) or kind not in _KINDS:  # a list kind is unhashable
             raise RelayMalformed(f"item {index}: kind must be one of {sorted(_KINDS)}")
         size = entry.get("size")
         hops, receipts = entry.get("hops"), entry.get("receipts", [])
@@ -132,6 +147,8 @@ def decode_batch(data: bytes, *, max_items: int) -> list[RelayItem]:
             raise RelayMalformed(f"item {index}: size must be a non-negative integer")
         if not isinstance(hops, list) or not isinstance(receipts, list):
             raise RelayMalformed(f"item {index}: hops and receipts must be lists")
+        if not all(isinstance(x, dict) for x in (*hops, *receipts)):
+            raise RelayMalformed(f"item {index}: hops and receipts must be JSON objects")
         if offset + size > len(data):
             raise RelayMalformed(
                 f"item {index} says {size} bytes but the body ends before them",
@@ -139,7 +156,7 @@ def decode_batch(data: bytes, *, max_items: int) -> list[RelayItem]:
             )
         items.append(
             RelayItem(
-                kind=entry["kind"],
+                kind=kind,
                 body=data[offset : offset + size],
                 hops=hops,
                 receipts=receipts,

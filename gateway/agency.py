@@ -14,8 +14,10 @@ Usage::
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import total_ordering
+from typing import Final
 
 from gateway.errors import AgencyCodeError
 
@@ -24,6 +26,23 @@ __all__ = ["AgencyCode"]
 # ASCII digits only: ``\d`` would also take Arabic-Indic and other Unicode digits, so that
 # "٠٠٠.٠٠.٠٠.H٤٩" parsed, differed from "000.00.00.H49" and claimed level 4.
 _PATTERN = re.compile(r"([0-9]{3})\.([0-9]{2})\.([0-9]{2})\.([A-Z][0-9]{2})")
+_ALPHABET: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.")
+#: values quoted in errors are clipped: an error message never grows with the input
+_QUOTE_LIMIT: Final = 40
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _QUOTE_LIMIT else text[:_QUOTE_LIMIT] + "..."
+
+
+def _fault(text: str) -> str:
+    """Why ``text`` (not a code) is refused, in words a DMS developer can act on."""
+    if text and (text[0].isspace() or text[-1].isspace()):
+        # str.isspace: XML whitespace and NBSP, ideographic space, line separators, ...
+        return "leading or trailing whitespace"
+    if not set(text) <= _ALPHABET:
+        return "a character outside [0-9A-Z.]"
+    return "not of the form VVV.ZZ.YY.Lnn"
 
 
 @total_ordering
@@ -42,24 +61,45 @@ class AgencyCode:
 
     @classmethod
     def parse(cls, text: str) -> AgencyCode:
-        """Parse ``VVV.ZZ.YY.Lnn``; raise :class:`AgencyCodeError` naming the fault otherwise."""
+        """Parse exactly ``VVV.ZZ.YY.Lnn``; raise :class:`AgencyCodeError` naming the fault.
+
+        Usage: ``AgencyCode.parse("000.00.00.H49")``. Nothing is stripped or folded: a code
+        with leading or trailing whitespace of any kind (a space, a newline, a no-break space
+        U+00A0), a lower-case letter or any character outside ``[0-9A-Z.]`` is refused
+        (``detail["reason"]`` says which). Tolerating ``"000.00.00.H49\u00a0"`` here would
+        route, store and show a code that other parsers read as a different agency.
+        """
         if not isinstance(text, str):
-            raise AgencyCodeError(detail={"value": repr(text), "reason": "not a string"})
-        stripped = text.strip()
-        match = _PATTERN.fullmatch(stripped)
+            raise AgencyCodeError(detail={"value": _clip(repr(text)), "reason": "not a string"})
+        match = _PATTERN.fullmatch(text)
         if match is None:
+            reason = _fault(text)
             raise AgencyCodeError(
-                f"{stripped!r} is not a QCVN 102:2016 agency code (expected VVV.ZZ.YY.Lnn, "
-                "e.g. 000.00.00.H49)",
-                detail={"value": stripped},
+                f"{_clip(text)!r} is not a QCVN 102:2016 agency code ({reason}; expected "
+                "VVV.ZZ.YY.Lnn, e.g. 000.00.00.H49)",
+                detail={"value": _clip(text), "reason": reason},
             )
         l4, l3, l2, l1 = match.groups()
         return cls(l4=l4, l3=l3, l2=l2, l1=l1)
 
     @classmethod
     def is_valid(cls, text: str) -> bool:
-        """True when ``text`` parses as an agency code."""
-        return isinstance(text, str) and _PATTERN.fullmatch(text.strip()) is not None
+        """True when ``text`` is exactly an agency code (as :meth:`parse` accepts it)."""
+        return isinstance(text, str) and _PATTERN.fullmatch(text) is not None
+
+    @classmethod
+    def is_near_miss(cls, text: str) -> bool:
+        """True when ``text`` is not a code but would be after trimming or folding it.
+
+        Usage: ``AgencyCode.is_near_miss("000.00.00.H49\u00a0")`` -> True. Surrounding
+        whitespace, lower case and compatibility forms (full-width digits) are such misses:
+        a certificate or field carrying one claims a code in a form the gateway refuses, and
+        is refused, not read as "no code".
+        """
+        if not isinstance(text, str) or _PATTERN.fullmatch(text) is not None:
+            return False
+        folded = unicodedata.normalize("NFKC", text).strip().upper()
+        return _PATTERN.fullmatch(folded) is not None
 
     def __str__(self) -> str:
         return f"{self.l4}.{self.l3}.{self.l2}.{self.l1}"

@@ -3,6 +3,19 @@
 Every refusal is JSON ``{code, message, detail}`` with the error's HTTP status; a body is never
 logged. Agencies authenticate with their client certificate (:mod:`gateway.identity`).
 
+**Authenticate first.** No route declares a body parameter, so FastAPI never reads a body on
+its own (it would, before any dependency runs); :func:`create_app` refuses to build an app where
+one does. Each route takes the :class:`~starlette.requests.Request` and reads its body itself,
+in its code, after its dependencies have authenticated the caller (``Caller``) and authorised it
+(``Admin``: the node's own certificate; ``Neighbour``: this node's parent or a child). So an
+anonymous or unauthorised caller is answered without a byte of its body read, whatever its size
+or framing. JSON bodies are capped at ``[limits] max_json_bytes`` while they stream in and their
+nesting at ``max_json_depth`` before they are parsed (:mod:`gateway.jsonsafe`).
+
+**Nothing unexpected is a 500 with a traceback.** Every input path maps its failures to a
+stable code; an exception that escapes anyway is logged (``api.internal_error``: type and place,
+never the message, which may quote input) and answered ``INTERNAL_ERROR`` in the same shape.
+
 Usage::
 
     app = create_app(node)
@@ -12,26 +25,34 @@ FastAPI reads the route signatures at run time, so this module does not use post
 annotations (``Caller`` is local to :func:`create_app`).
 """
 
+import contextlib
 import functools
-from typing import Annotated, Any, Final
+import json
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, TypeVar
 
 import structlog
-from anyio import CapacityLimiter, to_thread
+from anyio import CapacityLimiter, Lock, to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from adapters.peer import decode_batch
-from gateway import __version__, audit
+from gateway import __version__, audit, jsonsafe
 from gateway.admin import list_deliveries, requeue
 from gateway.errors import (
     AuthError,
     BodyTooLarge,
     Forbidden,
     GatewayError,
+    InternalError,
     RelayMalformed,
     RequestError,
 )
@@ -40,10 +61,10 @@ from gateway.inbox import acknowledge, evidence_view, fetch, list_inbox, status_
 from gateway.ingest import Accepted, ingest_document, ingest_status
 from gateway.node import Node, directory_view
 from gateway.readiness import readiness
-from gateway.relay import receive_batch
+from gateway.relay import receive_batch, require_neighbour
 from gateway.settings import MAX_RELAY_ITEMS
 
-__all__ = ["create_app"]
+__all__ = ["CallerQueues", "LastResort", "create_app"]
 
 log = structlog.get_logger("gateway.api")
 
@@ -57,6 +78,16 @@ RELAYS_IN_FLIGHT: Final = 1
 #: uploads larger than this take a lane of their own (one at a time too), so that a 50 MB
 #: package verifying for a second does not hold up the small ones queued behind it
 LARGE_UPLOAD_BYTES: Final = 1024 * 1024
+#: uploads of one caller in flight or queued for the shared lanes at once; the caller's others
+#: wait in a queue of their own, so one agency with 16 connections puts one upload, not 16, in
+#: front of everyone else's
+UPLOADS_PER_CALLER: Final = 1
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ErrorBody(BaseModel):
@@ -171,6 +202,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 
+#: the admin requeue's body, documented by hand: the route reads it itself (authenticate first)
+_REQUEUE_ROUTE: dict[str, Any] = {
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RequeueBody.model_json_schema()}},
+        }
+    },
+}
+
 
 #: the two ingest routes take the raw package as an application/xml body and answer 202
 _INGEST_ROUTE: dict[str, Any] = {
@@ -206,6 +247,118 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _json_body(request: Request, model: type[Model], *, limit: int, depth: int) -> Model:
+    """The request's JSON body as ``model``: capped at ``limit`` bytes while it streams in, at
+    ``depth`` levels before it is parsed, then validated.
+
+    Call it only after the caller is authenticated and authorised (see the module docstring).
+    """
+    data = await _body(request, limit)
+    try:
+        value = jsonsafe.loads(data, max_depth=depth)
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise RequestError("the body is not UTF-8 JSON", detail={"reason": reason}) from None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise RequestError(
+            "the request's body is invalid",
+            detail={"errors": [str(e.get("msg")) for e in exc.errors()][:10]},
+        ) from None
+
+
+@dataclass(slots=True)
+class _Queue:
+    lock: Lock
+    #: requests holding or waiting for ``lock``
+    users: int = 0
+
+
+class CallerQueues:
+    """One FIFO queue per caller in front of a shared lane; a caller's queue exists only
+    while it has a request in it (bounded by the requests in flight, not by the callers ever
+    seen).
+
+    Usage::
+
+        async with queues.turn(str(caller)):   # at most one per caller past this point
+            ...                                # wait for the shared lane, then work
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, caller: str) -> AsyncIterator[None]:
+        # one event loop thread: no lock needed around the dict
+        queue = self._queues.get(caller)
+        if queue is None:
+            queue = self._queues[caller] = _Queue(Lock())
+        queue.users += 1
+        try:
+            async with queue.lock:  # anyio's Lock wakes its waiters in order of arrival
+                yield
+        finally:
+            queue.users -= 1
+            if queue.users == 0:
+                del self._queues[caller]
+
+
+class LastResort:
+    """ASGI middleware: an exception no handler maps becomes ``INTERNAL_ERROR`` in the API's
+    error shape, without a traceback or the exception's text in the body.
+
+    It logs ``api.internal_error`` with the exception's type and where it was raised (file,
+    line, function of the last frames), never its message: that may quote the input.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            frames = traceback.extract_tb(exc.__traceback__)[-5:]
+            log.error(
+                "api.internal_error",
+                path=scope.get("path"),
+                method=scope.get("method"),
+                error=type(exc).__name__,
+                where=[f"{f.filename}:{f.lineno}:{f.name}" for f in frames],
+            )
+            if started:
+                raise  # half a response is out: the server closes the connection
+            error = InternalError()
+            body = json.dumps(error.to_dict()).encode("utf-8")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error.http_status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode("ascii")),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
 def _audit_auth_failure(node: Node, request: Request, exc: GatewayError) -> None:
     peer = request.client.host if request.client else "unknown"
     with node.writing() as conn:
@@ -229,22 +382,46 @@ def create_app(node: Node) -> FastAPI:
     identity = require_identity(node.trust, node.settings)
     node.on_trust_change(identity.replace_trust)
     Caller = Annotated[Identity, Depends(identity)]
-    limit = node.settings.limits.max_envelope_bytes
+    limits = node.settings.limits
+    limit = limits.max_envelope_bytes
     # Ingests are CPU work under one GIL: more in flight only trade the GIL (and starve the
     # event loop thread that does TLS); the rest wait here, in order of arrival.
     ingesting = CapacityLimiter(INGESTS_IN_FLIGHT)
     ingesting_large = CapacityLimiter(INGESTS_IN_FLIGHT)
     relaying = CapacityLimiter(RELAYS_IN_FLIGHT)
+    # ...and each caller's own uploads wait in a queue of their own first: one hostile DMS
+    # cannot fill the lanes' queue and make every other agency wait behind all of it
+    uploaders = CallerQueues()
 
     def lane(data: bytes) -> CapacityLimiter:
         return ingesting_large if len(data) > LARGE_UPLOAD_BYTES else ingesting
 
     relay_limit = limit + node.settings.delivery.batch_bytes + 8 * 1024 * 1024
 
-    def require_admin(caller: Identity) -> None:
+    async def admin(caller: Caller) -> Identity:
         # the node's own certificate is the admin credential (held by its operators)
         if caller.kind != "node" or caller.node != node.name:
             raise Forbidden("this is an admin endpoint: present the node's own certificate")
+        return caller
+
+    async def neighbour(caller: Caller) -> Identity:
+        # before the body: any node certificate of the deployment passes TLS, but only the
+        # parent and the children may have a batch read and parsed here
+        await run_in_threadpool(require_neighbour, node, caller)
+        return caller
+
+    Admin = Annotated[Identity, Depends(admin)]
+    Neighbour = Annotated[Identity, Depends(neighbour)]
+
+    async def upload(
+        request: Request, caller: Identity, ingest: Callable[..., Accepted]
+    ) -> Accepted:
+        async with uploaders.turn(str(caller)):
+            # read inside the caller's turn: one body per caller in memory, not one per
+            # connection it opens
+            data = await _body(request, limit)
+            work = functools.partial(ingest, node, data, caller=caller)
+            return await to_thread.run_sync(work, limiter=lane(data))
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -259,6 +436,13 @@ def create_app(node: Node) -> FastAPI:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         body = {"code": code, "message": str(exc.detail), "detail": {}}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        # the client left (or the server timed its body out and answered 408): nobody reads
+        # this answer, uvicorn drops it
+        log.info("api.client_disconnected", path=request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -302,20 +486,12 @@ def create_app(node: Node) -> FastAPI:
     @app.post("/api/v1/documents", tags=["documents"], **_INGEST_ROUTE)
     async def post_document(request: Request, caller: Caller) -> JSONResponse:
         """Submit a signed edXML document package (the body is the package bytes)."""
-        data = await _body(request, limit)
-        accepted = await to_thread.run_sync(
-            functools.partial(ingest_document, node, data, caller=caller), limiter=lane(data)
-        )
-        return accepted_body(request, accepted)
+        return accepted_body(request, await upload(request, caller, ingest_document))
 
     @app.post("/api/v1/statuses", tags=["statuses"], **_INGEST_ROUTE)
     async def post_status(request: Request, caller: Caller) -> JSONResponse:
         """Submit a signed edXML status package (01-06, 13, 15, 16) about a document."""
-        data = await _body(request, limit)
-        accepted = await to_thread.run_sync(
-            functools.partial(ingest_status, node, data, caller=caller), limiter=lane(data)
-        )
-        return accepted_body(request, accepted)
+        return accepted_body(request, await upload(request, caller, ingest_status))
 
     @app.get("/api/v1/inbox", response_model=InboxBody, tags=["inbox"])
     async def inbox(
@@ -370,13 +546,16 @@ def create_app(node: Node) -> FastAPI:
             }
         },
     )
-    async def relay(request: Request, caller: Caller) -> JSONResponse:
+    async def relay(request: Request, caller: Neighbour) -> JSONResponse:
         """A neighbour node relays a batch of packages (see adapters.peer for the framing)."""
-        if caller.kind != "node":
-            raise Forbidden("only a neighbour node may relay packages")
         data = await _body(request, relay_limit)
-        items = decode_batch(data, max_items=MAX_RELAY_ITEMS)
-        results = await to_thread.run_sync(receive_batch, node, caller, items, limiter=relaying)
+
+        def receive() -> list[dict[str, Any]]:
+            # the framing is parsed in the lane too: an 8 MB manifest is CPU work
+            items = decode_batch(data, max_items=MAX_RELAY_ITEMS, max_depth=limits.max_json_depth)
+            return receive_batch(node, caller, items)
+
+        results = await to_thread.run_sync(receive, limiter=relaying)
         return JSONResponse({"results": results})
 
     @app.get("/api/v1/directory", tags=["directory"])
@@ -386,22 +565,28 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/api/v1/admin/deliveries", response_model=DeliveriesBody, tags=["admin"])
     async def deliveries(
-        caller: Caller,
+        caller: Admin,
         state: Annotated[str | None, Query(pattern="^[a-z_]{1,16}$")] = None,
         peer: Annotated[str | None, Query(pattern="^[a-z0-9-]{1,128}$")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> DeliveriesBody:
         """Deliveries, newest first (``state=failed``: dead letters; ``waiting``: the outbox)."""
-        require_admin(caller)
         rows = await run_in_threadpool(
             lambda: list_deliveries(node, state=state, peer=peer, limit=limit)
         )
         return DeliveriesBody(items=[DeliveryBody(**r) for r in rows])
 
-    @app.post("/api/v1/admin/deliveries/requeue", response_model=RequeuedBody, tags=["admin"])
-    async def requeue_deliveries(body: RequeueBody, caller: Caller) -> RequeuedBody:
+    @app.post(
+        "/api/v1/admin/deliveries/requeue",
+        response_model=RequeuedBody,
+        tags=["admin"],
+        **_REQUEUE_ROUTE,
+    )
+    async def requeue_deliveries(request: Request, caller: Admin) -> RequeuedBody:
         """Send failed deliveries again (routed afresh, attempts reset); audited."""
-        require_admin(caller)
+        body = await _json_body(
+            request, RequeueBody, limit=limits.max_json_bytes, depth=limits.max_json_depth
+        )
         done = await run_in_threadpool(
             lambda: requeue(node, body.ids, actor=f"admin:node:{caller.node}")
         )
@@ -412,4 +597,16 @@ def create_app(node: Node) -> FastAPI:
         """The package's provable path: every hop record and receipt this node holds."""
         return await run_in_threadpool(evidence_view, node, caller, doc_id)
 
+    _refuse_body_parameters(app)
+    app.add_middleware(LastResort)
     return app
+
+
+def _refuse_body_parameters(app: FastAPI) -> None:
+    """Fail at start-up if a route lets FastAPI read its body (before its dependencies)."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None:
+            raise TypeError(
+                f"{route.path}: declare no body parameter; read the body in the route, after "
+                "authentication (gateway.api docstring)"
+            )

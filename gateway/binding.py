@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from gateway.agency import AgencyCode
-from gateway.errors import CertificateMalformed, SignerUnbound
+from gateway.errors import AgencyCodeError, CertificateMalformed, SignerUnbound
 
 __all__ = [
     "AGENCY_URN_PREFIX",
@@ -55,15 +55,25 @@ def agency_code_of(cert: x509.Certificate) -> AgencyCode | None:
     serialNumber such as ``MST:0101234567`` is simply not an agency code). A certificate that
     binds two DIFFERENT codes raises :class:`SignerUnbound`: it does not bind one agency, and
     guessing which one would let a CA mistake speak for another agency.
+
+    A value that is a code only after trimming or case folding (``"000.00.00.H49\u00a0"``,
+    ``" 000.00.00.h49"``) raises :class:`AgencyCodeError`: the certificate claims a code in a
+    form the gateway refuses in a package too, and reading it as "no code" would hide that.
     """
     codes: dict[str, list[str]] = {}
-    for value in _uris_with_prefix(cert, AGENCY_URN_PREFIX):
-        if AgencyCode.is_valid(value):
-            codes.setdefault(str(AgencyCode.parse(value)), []).append("subjectAltName URI")
+    found = [(value, "subjectAltName URI") for value in _uris_with_prefix(cert, AGENCY_URN_PREFIX)]
     for attr in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
-        value = attr.value if isinstance(attr.value, str) else ""
+        found.append((attr.value if isinstance(attr.value, str) else "", "subject serialNumber"))
+    for value, where in found:
         if AgencyCode.is_valid(value):
-            codes.setdefault(str(AgencyCode.parse(value)), []).append("subject serialNumber")
+            codes.setdefault(value, []).append(where)
+        elif AgencyCode.is_near_miss(value):
+            subject = rfc4514_name(cert.subject)
+            raise AgencyCodeError(
+                f"{subject} binds {value[:40]!r} in its {where}: not exactly an agency code "
+                "(whitespace, case or compatibility characters around or in it)",
+                detail={"subject": subject, "where": where, "value": value[:40]},
+            )
     if len(codes) > 1:
         raise SignerUnbound(
             f"{rfc4514_name(cert.subject)} binds more than one agency code: "
@@ -97,7 +107,8 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
     """A JSON-ready summary of a certificate for reports and evidence bundles.
 
     Usage: ``json.dumps(describe(leaf))``. Never raises on an odd binding: a certificate
-    binding two codes is described with ``agency_code: None`` and ``binding_error``.
+    binding two codes, or a code in a refused form, is described with ``agency_code: None``
+    and ``binding_error``.
     """
     return dict(_describe(cert))
 
@@ -115,7 +126,7 @@ def _describe(cert: x509.Certificate) -> dict[str, Any]:
     try:
         code = agency_code_of(cert)
         out["agency_code"] = str(code) if code is not None else None
-    except SignerUnbound as exc:
+    except (SignerUnbound, AgencyCodeError) as exc:
         out["agency_code"] = None
         out["binding_error"] = exc.message
     try:

@@ -153,6 +153,7 @@ def verify(
         allow_weak_algorithms=allow_weak or settings.verify.allow_weak_algorithms,
         require_revocation_check=require_crl or settings.verify.require_revocation_check,
         limits=limits,
+        upload_budget=settings.limits.upload_budget,
     )
     verifier = Verifier(trust, policy)
     report = verifier.verify(_read_input(infile, limits, as_json))
@@ -309,6 +310,28 @@ def bench_node(
         workers=workers,
         keep=keep,
     )
+
+
+@bench.command("hostile")
+@click.option(
+    "--victim-documents",
+    default=200,
+    show_default=True,
+    help="Documents the victim agency uploads in each phase (alone, attacked).",
+)
+@click.option(
+    "--attackers", default=8, show_default=True, help="The attacker agency's connections."
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep PKI, configuration, database and log here.",
+)
+def bench_hostile(victim_documents: int, attackers: int, keep: Path | None) -> None:
+    """Refusal cost of each hostile class vs parsing; a victim's latency under attack."""
+    from gateway.bench_hostile import run_hostile_bench
+
+    run_hostile_bench(victim_documents, attackers, keep=keep)
 
 
 @bench.command("network")

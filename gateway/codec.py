@@ -21,8 +21,10 @@ Reading rules (see also :mod:`gateway.envelope`):
   at least one ``TraceHeader`` in a document, ``StatusCode``, ``Timestamp``, ``ContentId``,
   ``ContentTransferEncoded``, ``BussinessDocType`` of a Bussiness) → :class:`MissingElement`;
 - strict on codes and dates: a bad date or time, an unknown StatusCode / BussinessDocType /
-  Priority, or a ``From``/``To`` OrganId that is not an agency code → :class:`InvalidValue`
-  (the :class:`~gateway.errors.AgencyCodeError` is its ``__cause__``). Lenient on free text:
+  Priority, or a ``From``/``To`` OrganId that is not exactly an agency code (its raw text:
+  any surrounding whitespace, NBSP included, is refused) → :class:`InvalidValue` (the
+  :class:`~gateway.errors.AgencyCodeError` is its ``__cause__``, ``detail["cause"]`` says
+  ``AGENCY_CODE_INVALID`` and ``detail["reason"]`` why). Lenient on free text:
   PromulgationAmount, PageAmount, Direction, ResponseFor and TraceHeader OrganIds stay raw;
 - every error's ``detail`` carries the ``path`` (``/edXML/.../To[2]/OrganId``) and, when
   known, the ``line``; quoted values are clipped to 120 characters;
@@ -251,11 +253,29 @@ def _enum(cls: type[_E]) -> Callable[[_Node], _E]:
 
 
 def _agency_code(node: _Node) -> str:
+    """A From/To OrganId: exactly an agency code as signed, nothing trimmed.
+
+    The stripped value would let ``"000.00.00.H49\u00a0"`` (XML whitespace and a no-break
+    space alike) verify, route and be stored as H49 while the signed bytes say otherwise.
+    """
+    raw = _raw_text(node.el)
     try:
-        AgencyCode.parse(node.value)
+        AgencyCode.parse(raw)
     except AgencyCodeError as exc:
-        raise _invalid(node, "an agency code VVV.ZZ.YY.Lnn (e.g. 000.00.00.H49)") from exc
-    return node.value
+        expected = "an agency code VVV.ZZ.YY.Lnn (e.g. 000.00.00.H49)"
+        value = _clip(raw)
+        raise InvalidValue(
+            f"{node.path}: {value!r} is not {expected}: {exc.detail['reason']}",
+            detail={
+                "path": node.path,
+                "value": value,
+                "expected": expected,
+                "line": node.line,
+                "reason": exc.detail["reason"],
+                "cause": exc.code,
+            },
+        ) from exc
+    return raw
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}

@@ -3,7 +3,8 @@
 :mod:`gateway.sigstructure` has already pinned the shape: exactly one Signature, the last child
 of ``edXMLHeader``, exactly one ``Reference URI=""`` whose transforms are the enveloped-signature
 transform and canonicalisation only. For that shape verification is: canonicalise SignedInfo
-and check SignatureValue under the certificate's key; canonicalise the document without the
+and check SignatureValue under the certificate's key (a key :mod:`gateway.keypolicy` admits;
+ECDSA in low-S form only); canonicalise the document without the
 Signature and compare its digest with DigestValue; hand back the canonical bytes, re-parsed, as
 the only content the caller may read.
 
@@ -41,6 +42,7 @@ from gateway.errors import (
     SignatureValueMismatch,
     UnsupportedAlgorithm,
 )
+from gateway.keypolicy import check_certificate_key, check_low_s
 from gateway.sigstructure import SignatureInfo
 from gateway.xmlsafe import INTERNAL_PARSER
 
@@ -175,6 +177,9 @@ def _check_value(
         raise UnsupportedAlgorithm(
             "signature method not supported", detail={"signature_method": method_uri}
         ) from None
+    # No arithmetic with a key outside the policy (a P-521 or RSA-1024 signer, a 16 kbit
+    # exponent): refused here as it is in the chain check, before any work is spent on it.
+    check_certificate_key(certificate)
     key = certificate.public_key()
     try:
         if family == "rsa":
@@ -192,6 +197,9 @@ def _check_value(
             r = int.from_bytes(value[:size], "big")
             s = int.from_bytes(value[size:], "big")
             key.verify(utils.encode_dss_signature(r, s), signed_info, ec.ECDSA(digest))
+            # Only after it verified: SIGNATURE_NON_CANONICAL then means exactly "a valid
+            # signature in its malleable form", which xmlsec1 and signxml accept and we do not.
+            check_low_s(key.curve, s)
     except InvalidSignature:
         raise SignatureValueMismatch(
             "the SignatureValue does not verify with the embedded certificate's key"
@@ -204,7 +212,10 @@ def verify_enveloped(
     """Verify the pinned enveloped signature; return the signed content, re-parsed.
 
     Raises :class:`SignatureValueMismatch`, :class:`DigestMismatch`,
-    :class:`UnsupportedAlgorithm` or :class:`SignatureMalformed`.
+    :class:`UnsupportedAlgorithm` or :class:`SignatureMalformed`;
+    :class:`~gateway.errors.SignatureNonCanonical` for a valid ECDSA value in its high-S
+    form and :class:`~gateway.errors.CertificateKeyWeak` for a key outside
+    :mod:`gateway.keypolicy` (checked before any arithmetic).
     """
     sig = info.element
     ns = etree.QName(sig).namespace

@@ -15,6 +15,8 @@ Conventions, which the codec keeps on both sides:
   fractions: the constructors drop them);
 - agency codes stay raw strings (``organ_id``) because field data carries malformed ones in
   places nobody routes on (``TraceHeader/OrganId`` = ``01.02.G22``); properties parse them.
+  ``From``/``To`` OrganIds are the exception to stripping: the codec takes them exactly as
+  signed and refuses any that is not exactly a code (a trailing NBSP, a leading space).
 
 Usage::
 

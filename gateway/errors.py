@@ -62,6 +62,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   └── Forbidden                   AUTH_FORBIDDEN
     ├── RequestError                    (well-formed but unacceptable requests)
     │   ├── TooManyRecipients           REQUEST_TOO_MANY_RECIPIENTS
+    │   ├── TooManyAttachments          REQUEST_TOO_MANY_ATTACHMENTS
     │   ├── RecipientUnreachable        REQUEST_RECIPIENT_UNREACHABLE
     │   ├── BodyTooLarge                REQUEST_BODY_TOO_LARGE
     │   ├── JSONTooDeep                 REQUEST_JSON_TOO_DEEP
@@ -168,6 +169,7 @@ __all__ = [
     "StatusTargetUnknown",
     "StatusTransitionInvalid",
     "StorageError",
+    "TooManyAttachments",
     "TooManyRecipients",
     "TrustError",
     "UnknownAgency",
@@ -588,6 +590,13 @@ class TooManyRecipients(RequestError):
     """The package names more recipients than this node accepts."""
 
     code = "REQUEST_TOO_MANY_RECIPIENTS"
+
+
+class TooManyAttachments(RequestError):
+    """The document carries more attachments than this node accepts."""
+
+    code = "REQUEST_TOO_MANY_ATTACHMENTS"
+    meaning = "document refused: too many attachments"
 
 
 class RecipientUnreachable(RequestError):

@@ -48,6 +48,7 @@ from gateway.errors import (
     HopChainBroken,
     HopSignatureInvalid,
     RouteLoop,
+    SignatureError,
     TrustError,
     UnsupportedAlgorithm,
 )
@@ -57,9 +58,9 @@ from gateway.nodekey import (
     algorithm_of,
     canonical_json,
     certificates_from_pem,
+    check_signature,
     format_utc,
     parse_utc,
-    verify_signature,
 )
 from gateway.trust import TrustStore
 
@@ -131,12 +132,20 @@ def open_sealed(
         raise HopSignatureInvalid(f"the {label} cannot be checked: {exc.message}") from None
     except (ValueError, binascii.Error, UnicodeEncodeError):
         raise HopSignatureInvalid(f"the {label}'s signature is not base64") from None
-    if algorithm_of(leaf) is not alg or not verify_signature(
-        leaf, canonical_json(dict(fields)), signature
-    ):
+    try:
+        # Key policy first (CERT_KEY_WEAK), then the signature, in low-S form for ECDSA
+        # (SIGNATURE_NON_CANONICAL): the relay code stays RELAY_HOP_SIGNATURE_INVALID, as a
+        # peer expects for any fault of a signed hop; ``detail["cause"]`` names the fault.
+        check_signature(leaf, canonical_json(dict(fields)), signature)
+    except (SignatureError, TrustError) as exc:
         raise HopSignatureInvalid(
-            f"the {label}'s signature does not verify under its certificate",
-            detail={"node": node},
+            f"the {label}'s signature does not verify under its certificate: {exc.message}",
+            detail={"node": node, "cause": exc.code},
+        ) from None
+    if algorithm_of(leaf) is not alg:
+        raise HopSignatureInvalid(
+            f"the {label} says {alg.value} but its certificate's key does not sign {alg.value}",
+            detail={"node": node, "alg": alg.value},
         )
     if trust is not None:
         try:

@@ -46,6 +46,7 @@ from starlette.requests import HTTPConnection, Request
 from gateway.agency import AgencyCode
 from gateway.binding import agency_code_of, node_name_of, rfc4514_name, serial_hex
 from gateway.errors import (
+    AgencyCodeError,
     AuthRequired,
     ClientCertUntrusted,
     ConfigError,
@@ -279,7 +280,7 @@ class ClientAuthenticator:
             )
         try:
             agency, node = agency_code_of(leaf), node_name_of(leaf)
-        except SignerUnbound as exc:
+        except (SignerUnbound, AgencyCodeError) as exc:  # AgencyCodeError: a padded code
             raise self._refuse(
                 exc.message, reason=exc.code, peer=peer, source=source, subject=subject
             ) from None

@@ -40,6 +40,7 @@ from gateway.errors import (
     SenderMismatch,
     StatusNotAllowed,
     StatusTargetUnknown,
+    TooManyAttachments,
     TooManyRecipients,
     UnknownAgency,
     WrongPackageKind,
@@ -122,14 +123,9 @@ def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _
                 f"agency {caller.agency} is not hosted by node {node.name}",
                 detail={"agency": str(caller.agency)},
             )
-        report = node.verifier.verify(data, now=node.now())
-        if not report.valid:
-            first = report.first_error()
-            assert first is not None
-            first.detail.setdefault("errors", [e.code for e in report.errors])
-            raise first
-        package = report.package
-        assert package is not None
+        # Refused with the first error (parse budgets, schema, signature, chain, upload
+        # budget...); nothing is stored but the refusal's audit entry.
+        package, signer = node.verifier.verify(data, now=node.now()).accepted()
         if package.kind is not kind:
             raise WrongPackageKind(
                 f"a {package.kind.value} package was sent where a {kind.value} was expected",
@@ -140,10 +136,9 @@ def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _
                 f"the package is From {package.from_.organ_id} but the caller is {caller.agency}",
                 detail={"from": package.from_.organ_id, "caller": str(caller.agency)},
             )
-        assert report.signer is not None
     except GatewayError as exc:
         raise _refuse(node, caller, exc, data) from None
-    return _Verified(package=package, signer=describe(report.signer))
+    return _Verified(package=package, signer=describe(signer))
 
 
 def _dedup_key(sender: str, document_id: str | None, sha256: str) -> str:
@@ -349,14 +344,21 @@ def ingest_document(node: Node, data: bytes, *, caller: Identity) -> Accepted:
     """Verify, authorise, route and durably store a signed document package."""
     verified = _verified(node, data, caller, PackageKind.DOCUMENT)
     package = verified.package
-    assert isinstance(package, DocumentPackage)
     try:
+        if not isinstance(package, DocumentPackage):  # _verified checked the kind
+            raise WrongPackageKind(detail={"expected": PackageKind.DOCUMENT.value})
         recipients = list(dict.fromkeys(org.organ_id for org in package.to))
         limit = node.settings.limits.max_recipients
         if len(recipients) > limit:
             raise TooManyRecipients(
                 f"{len(recipients)} recipients; this node accepts at most {limit}",
                 detail={"recipients": len(recipients), "limit": limit},
+            )
+        most = node.settings.limits.max_attachments
+        if len(package.attachments) > most:
+            raise TooManyAttachments(
+                f"{len(package.attachments)} attachments; this node accepts at most {most}",
+                detail={"attachments": len(package.attachments), "limit": most},
             )
         hops = [(r, node.next_hop(AgencyCode.parse(r))) for r in recipients]
     except GatewayError as exc:
@@ -394,7 +396,10 @@ def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:
     """Verify a status package, apply it to the document it answers, store and deliver it."""
     verified = _verified(node, data, caller, PackageKind.STATUS)
     package = verified.package
-    assert isinstance(package, StatusPackage)
+    if not isinstance(package, StatusPackage):  # _verified checked the kind
+        raise _refuse(
+            node, caller, WrongPackageKind(detail={"expected": PackageKind.STATUS.value}), data
+        )
     reporter = package.from_.organ_id
     target = package.response_for
     if target is None or not target.document_id or not target.organ_id:

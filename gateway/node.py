@@ -172,6 +172,7 @@ class Node:
             allow_weak_algorithms=settings.verify.allow_weak_algorithms,
             require_revocation_check=settings.verify.require_revocation_check,
             limits=settings.limits.xml_limits(),
+            upload_budget=settings.limits.upload_budget,
         )
         return cls(
             settings=settings,

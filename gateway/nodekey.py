@@ -2,8 +2,9 @@
 
 A node key is an ECDSA P-256 key (recommended: it signs in ~0.05 ms) or an RSA key of at least
 2048 bits, with the node's certificate (which binds ``urn:gateway-node:<name>``) and its chain.
-Signatures are raw, detached and over bytes: ECDSA-SHA256 in DER form (``ES256``) or RSA
-PKCS#1 v1.5 with SHA-256 (``RS256``). What is signed is always :func:`canonical_json` of a
+Signatures are raw, detached and over bytes: ECDSA-SHA256 in DER form (``ES256``), always in
+its low-S form and refused in the other (:mod:`gateway.keypolicy`), or RSA PKCS#1 v1.5 with
+SHA-256 (``RS256``). What is signed is always :func:`canonical_json` of a
 small object, so anyone can recheck it with other tools.
 
 Usage::
@@ -30,10 +31,23 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from gateway.binding import rfc4514_name
-from gateway.errors import CertificateMalformed, UnsupportedAlgorithm
+from gateway.errors import (
+    CertificateKeyWeak,
+    CertificateMalformed,
+    SignatureError,
+    SignatureValueMismatch,
+    UnsupportedAlgorithm,
+)
+from gateway.keypolicy import (
+    certificate_key_facts,
+    check_certificate_key,
+    check_key,
+    check_low_s,
+    low_s_der,
+)
 
 __all__ = [
     "Algorithm",
@@ -41,6 +55,7 @@ __all__ = [
     "algorithm_of",
     "canonical_json",
     "certificates_from_pem",
+    "check_signature",
     "format_utc",
     "parse_utc",
     "verify_signature",
@@ -135,13 +150,14 @@ class NodeKey:
 
     def __post_init__(self) -> None:
         key = self.private_key
-        if isinstance(key, rsa.RSAPrivateKey):
-            if key.key_size < 2048:
-                raise ValueError("RSA node keys shorter than 2048 bits are refused")
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            if not isinstance(key.curve, ec.SECP256R1):
-                raise ValueError("only the P-256 curve is supported for ECDSA node keys")
-        else:
+        try:
+            check_key(key.public_key(), role="node key")
+        except CertificateKeyWeak as exc:
+            raise ValueError(exc.message) from None
+        if isinstance(key, ec.EllipticCurvePrivateKey) and not isinstance(key.curve, ec.SECP256R1):
+            # The policy admits P-384 certificates; node signatures are ES256 only.
+            raise ValueError("only the P-256 curve is supported for ECDSA node keys")
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise ValueError("a node key is ECDSA P-256 or RSA (2048 bits or more)")
 
     def __repr__(self) -> str:
@@ -186,40 +202,77 @@ class NodeKey:
         return "".join(_pem(cert) for cert in (self.certificate, *self.chain))
 
     def sign(self, data: bytes) -> bytes:
-        """Sign ``data``: ECDSA-SHA256 (DER) or RSA PKCS#1 v1.5 SHA-256."""
+        """Sign ``data``: ECDSA-SHA256 (DER, low-S) or RSA PKCS#1 v1.5 SHA-256."""
         key = self.private_key
         if isinstance(key, rsa.RSAPrivateKey):
             return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+        # cryptography returns high-S half of the time; verifiers accept low-S only.
+        return low_s_der(key.curve, key.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 @functools.lru_cache(maxsize=512)
 def algorithm_of(cert: x509.Certificate) -> Algorithm | None:
-    """The algorithm a certificate's key verifies, or None for keys a node may not use."""
+    """The algorithm a certificate's key verifies, or None for keys a node may not use.
+
+    None for every key :mod:`gateway.keypolicy` refuses, and for admitted keys no node
+    signature format uses (P-384).
+    """
+    if certificate_key_facts(cert).refusal is not None:
+        return None
     key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
+    if isinstance(key, rsa.RSAPublicKey):
         return Algorithm.RS256
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return Algorithm.ES256
     return None
 
 
+def check_signature(cert: x509.Certificate, data: bytes, signature: bytes) -> None:
+    """Raise unless ``signature`` over ``data`` verifies under the certificate's key.
+
+    Usage: ``check_signature(cert, canonical_json(fields), base64.b64decode(sig))``.
+    Raises :class:`~gateway.errors.CertificateKeyWeak` for a key outside the policy
+    (:class:`CertificateMalformed` for one that cannot be read),
+    :class:`UnsupportedAlgorithm` for an admitted key no node format uses (P-384),
+    :class:`SignatureValueMismatch` for a wrong signature (or one not in DER), and
+    :class:`~gateway.errors.SignatureNonCanonical` for a valid ECDSA signature in its
+    high-S form. This checks the signature only: whether to believe the certificate is
+    :meth:`gateway.trust.TrustStore.verify_chain`'s question.
+    """
+    check_certificate_key(cert, role="node")
+    key = cert.public_key()
+    facts = certificate_key_facts(cert)
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+            return
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+            # verify() accepted strict DER, so this decodes; checked after, so the code
+            # means "valid, but in its malleable form".
+            check_low_s(key.curve, utils.decode_dss_signature(signature)[1])
+            return
+    except InvalidSignature:
+        raise SignatureValueMismatch(
+            "the signature does not verify under the certificate's key"
+        ) from None
+    raise UnsupportedAlgorithm(
+        f"node signatures are ES256 or RS256; a {facts.label()} key makes neither",
+        detail=facts.detail(),
+    )
+
+
 def verify_signature(cert: x509.Certificate, data: bytes, signature: bytes) -> bool:
     """True when ``signature`` over ``data`` verifies under the certificate's public key.
 
     Usage: ``verify_signature(cert, canonical_json(fields), base64.b64decode(sig))``.
-    False for a wrong signature and for any key other than ECDSA P-256 or RSA >= 2048 bits.
+    False for a wrong signature, a high-S ECDSA signature and for any key other than ECDSA
+    P-256 or RSA admitted by :mod:`gateway.keypolicy`; :func:`check_signature` says which.
     This checks the signature only: whether to believe the certificate is
     :meth:`gateway.trust.TrustStore.verify_chain`'s question.
     """
-    key = cert.public_key()
     try:
-        if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
-            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-            return True
-        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-            return True
-    except InvalidSignature:
+        check_signature(cert, data, signature)
+    except (SignatureError, CertificateKeyWeak, CertificateMalformed):
         return False
-    return False
+    return True

@@ -18,8 +18,9 @@ node name against ``receipt.node``::
 
 The signature covers exactly ``canonical_json(receipt["receipt"])`` (sorted keys, no spaces,
 UTF-8). ``ES256`` is ECDSA P-256 with SHA-256, the signature in DER form (not JOSE's raw
-``r||s``); ``RS256`` is RSA PKCS#1 v1.5 with SHA-256. The format borrows JOSE's algorithm
-names but is not JWS: JOSE libraries are not among the gateway's dependencies, and a 30-line
+``r||s``) and in its low-S form (the high-S twin is refused: :mod:`gateway.keypolicy`);
+``RS256`` is RSA PKCS#1 v1.5 with SHA-256. The format borrows JOSE's algorithm names but is
+not JWS: JOSE libraries are not among the gateway's dependencies, and a 30-line
 format on ``cryptography`` is easier to audit.
 
 Usage::
@@ -47,15 +48,16 @@ from gateway.errors import (
     SignerMismatch,
     SignerUnbound,
 )
+from gateway.keypolicy import check_certificate_key
 from gateway.nodekey import (
     Algorithm,
     NodeKey,
     algorithm_of,
     canonical_json,
     certificates_from_pem,
+    check_signature,
     format_utc,
     parse_utc,
-    verify_signature,
 )
 from gateway.trust import TrustStore
 
@@ -143,9 +145,11 @@ def verify_receipt(receipt: Mapping[str, Any], trust: TrustStore | None = None) 
 
     Checks, in order: the shape of the receipt (:class:`SignatureMalformed`), the algorithm
     (:class:`gateway.errors.UnsupportedAlgorithm`), the certificate
-    (:class:`gateway.errors.CertificateMalformed`), the signature over the canonical fields
-    (:class:`SignatureValueMismatch`); with ``trust``, that the certificate chains to an anchor
-    and is valid at ``received_at`` (:class:`gateway.errors.CertificateUntrusted`,
+    (:class:`gateway.errors.CertificateMalformed`), its key against :mod:`gateway.keypolicy`
+    (:class:`gateway.errors.CertificateKeyWeak`), the signature over the canonical fields
+    (:class:`SignatureValueMismatch`; :class:`gateway.errors.SignatureNonCanonical` for a
+    valid ECDSA signature in its high-S form); with ``trust``, that the certificate chains to
+    an anchor and is valid at ``received_at`` (:class:`gateway.errors.CertificateUntrusted`,
     :class:`gateway.errors.CertificateNotValidAtSigning`); finally that the certificate binds
     the node named in the receipt (:class:`SignerUnbound`, :class:`SignerMismatch`).
 
@@ -181,18 +185,21 @@ def verify_receipt(receipt: Mapping[str, Any], trust: TrustStore | None = None) 
     if not isinstance(pem, str):
         raise SignatureMalformed("the receipt's certificate must be PEM text")
     leaf, *extra = certificates_from_pem(pem)
+    check_certificate_key(leaf, role="node")
     if algorithm_of(leaf) is not alg:
         raise SignatureMalformed(
             f"the receipt says {alg.value} but its certificate's key does not verify {alg.value}"
             " (or is not ECDSA P-256 / RSA >= 2048)",
             detail={"alg": alg.value, "subject": rfc4514_name(leaf.subject)},
         )
-    if not verify_signature(leaf, canonical_json(dict(fields)), signature):
+    try:
+        check_signature(leaf, canonical_json(dict(fields)), signature)
+    except SignatureValueMismatch:
         raise SignatureValueMismatch(
             "the receipt's signature does not match its fields under the embedded certificate"
             " (the receipt was changed after signing, or signed by another key)",
             detail={"subject": rfc4514_name(leaf.subject)},
-        )
+        ) from None
     if trust is not None:
         trust.verify_chain(leaf, extra, at=parse_utc(fields["received_at"]))
     bound = node_name_of(leaf)

@@ -13,6 +13,7 @@ document. A refused item is answered with its stable code and recorded in the au
 
 Usage::
 
+    require_neighbour(node, caller)          # before the body is read (gateway.api)
     results = receive_batch(node, caller, decode_batch(body, max_items=500))
 """
 
@@ -29,7 +30,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.peer import RelayItem
-from gateway import audit, notices, outbox
+from gateway import audit, jsonsafe, notices, outbox
 from gateway.agency import AgencyCode
 from gateway.binding import describe
 from gateway.envelope import DocumentPackage, PackageKind, StatusCode, StatusPackage
@@ -51,7 +52,7 @@ from gateway.receipts import make_receipt, verify_receipt
 from gateway.status import TransportState, apply_status, apply_transport
 from gateway.tables import deliveries, documents, events, hops
 
-__all__ = ["receive_batch"]
+__all__ = ["receive_batch", "require_neighbour"]
 
 log = structlog.get_logger("gateway.relay")
 
@@ -137,7 +138,8 @@ def _check(node: Node, caller: str, index: int, item: RelayItem) -> _Checked:
     )
     if item.kind == "notice":
         try:
-            notice = json.loads(data)
+            # a neighbour signs the hops of whatever it sends: the notice is hostile JSON too
+            notice = jsonsafe.loads(data, max_depth=node.settings.limits.max_json_depth)
         except ValueError:
             raise HopChainBroken("the failure notice is not JSON") from None
         fields = verify_notice(notice, trust=node.trust)
@@ -152,13 +154,7 @@ def _check(node: Node, caller: str, index: int, item: RelayItem) -> _Checked:
         checked.signing_time = parse_utc(fields["at"])
         return checked
     report = node.verifier.verify(data, now=parse_utc(first["at"]))
-    if not report.valid:
-        error = report.first_error()
-        assert error is not None
-        error.detail.setdefault("errors", [e.code for e in report.errors])
-        raise error
-    package = report.package
-    assert package is not None and report.signer is not None
+    package, signer = report.accepted()
     expected = PackageKind.DOCUMENT if item.kind == "document" else PackageKind.STATUS
     if package.kind is not expected or package.from_.organ_id != checked.sender:
         raise HopChainBroken(
@@ -181,12 +177,17 @@ def _check(node: Node, caller: str, index: int, item: RelayItem) -> _Checked:
         checked.subject = package.description
         checked.signing_time = package.timestamp
     checked.package = package
-    checked.signer = describe(report.signer)
+    checked.signer = describe(signer)
     return checked
 
 
-def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> list[dict[str, Any]]:
-    """Check and store a relay batch from ``caller`` (a neighbour node); one result per item."""
+def require_neighbour(node: Node, caller: Identity) -> str:
+    """The calling node's name, if it is this node's parent or child; refused (and audited)
+    otherwise.
+
+    Usage: ``require_neighbour(node, caller)`` before reading a relay body: any node
+    certificate of the deployment passes TLS, but only a neighbour may have its batch parsed.
+    """
     if caller.kind != "node" or caller.node is None:
         raise Forbidden("only a neighbour node may relay packages")
     directory = node.directory
@@ -197,12 +198,19 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
                 event="relay_refuse",
                 actor=f"node:{caller.node}",
                 subject=None,
-                data={"code": PeerUnknown.code, "items": len(items)},
+                data={"code": PeerUnknown.code},
             )
         raise PeerUnknown(
             f"node {caller.node} is not a neighbour of {node.name} in its directory",
             detail={"node": caller.node},
         )
+    return caller.node
+
+
+def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> list[dict[str, Any]]:
+    """Check and store a relay batch from ``caller`` (a neighbour node); one result per item."""
+    require_neighbour(node, caller)
+    assert caller.node is not None
     actor = f"node:{caller.node}"
     results: list[dict[str, Any] | None] = [None] * len(items)
     checked: list[_Checked] = []

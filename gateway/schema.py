@@ -9,6 +9,12 @@ Documents and statuses share the root ``{edXML ns}edXML``; :func:`detect_kind` p
 which is fast; only when a package is refused is it validated again with the ``xmlschema``
 library, whose error paths and reasons are clearer, to build the report.
 
+The report is bounded whatever the package holds: at most 10 errors, each path and reason cut
+to a fixed length, and the ``xmlschema`` pass (pure Python, which builds every error of the
+whole tree before yielding the first, each one formatting the element's attributes) stops at
+the first element that would make it expensive (see :class:`_ReportBudget`); the report then
+comes from lxml's log, which libxml2 builds in one linear pass.
+
 .. warning::
    This checks STRUCTURE only. A package that passes carries a ``Signature`` of the right
    shape in the right place, nothing more: the signature is not verified here (see
@@ -24,6 +30,7 @@ touched.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -51,6 +58,9 @@ _XSD_NS = "http://www.w3.org/2001/XMLSchema"
 _LOCATING_TAGS = tuple(f"{{{_XSD_NS}}}{name}" for name in ("include", "import", "redefine"))
 _MAX_REPORTED = 10
 _MAX_VALUE_SHOWN = 64
+#: longest path or reason put in a report; the rest is cut (names in a package can be 50 000
+#: characters long, and paths nest)
+_MAX_SHOWN = 300
 
 _ROOT = f"{{{EDXML_NS}}}edXML"
 _ENVELOPE = f"{{{EDXML_NS}}}edXMLEnvelope"
@@ -318,14 +328,57 @@ def _report(kind: PackageKind, root: etree._Element, log: list[_LogEntry]) -> li
     return found
 
 
+class _ReportBudget:
+    """A ``validation_hook`` for xmlschema that stops the report pass before it gets expensive.
+
+    xmlschema validates the whole tree before it yields its first error, and each error on an
+    attribute formats all the element's attributes: 1 500 unknown attributes on one element
+    took 6.7 s (quadratic). The pass stops, and the report falls back to lxml's log, at an
+    element with more attributes or longer attribute values than any edXML element carries,
+    or after as many elements as a large genuine package has; a larger tree is not handed to
+    it at all (building its resource alone walks the whole tree in Python). Measured: 1 500
+    unknown attributes are now reported in 5 ms, 5 000 in 14 ms; 1 000 recipients with an
+    error each (10 000 elements) in 16 ms (was 0.13 s).
+    """
+
+    #: more attributes than any element of the edXML and XMLDSig schemas carries
+    MAX_ATTRIBUTES = 8
+    #: total attribute value characters on one element (Algorithm URIs are ~60)
+    MAX_ATTRIBUTE_CHARS = 4096
+    #: elements visited: 500 recipients and 100 attachments make ~5 000
+    MAX_ELEMENTS = 5000
+
+    def __init__(self) -> None:
+        self.visited = 0
+        self.cut = False
+
+    def __call__(self, elem: Any, xsd_element: Any) -> bool:
+        self.visited += 1
+        attributes = elem.attrib
+        if (
+            self.visited > self.MAX_ELEMENTS
+            or len(attributes) > self.MAX_ATTRIBUTES
+            or sum(map(len, attributes.values())) > self.MAX_ATTRIBUTE_CHARS
+        ):
+            self.cut = True
+            raise xmlschema.XMLSchemaStopValidation()
+        return False  # validate this element as usual
+
+
 def _xmlschema_report(kind: PackageKind, root: etree._Element) -> list[dict[str, Any]]:
+    """The first errors as xmlschema words them, or [] when its pass was cut short."""
+    if next(itertools.islice(root.iter(), _ReportBudget.MAX_ELEMENTS, None), None) is not None:
+        return []
     resource = xmlschema.XMLResource(root, allow="none", defuse="always")
+    budget = _ReportBudget()
     found: list[dict[str, Any]] = []
-    for error in _xmlschema_schema(kind).iter_errors(resource):
+    for error in _xmlschema_schema(kind).iter_errors(resource, validation_hook=budget):
+        if budget.cut:
+            return []
         found.append(_xmlschema_entry(root, error))
         if len(found) == _MAX_REPORTED:
             break
-    return found
+    return [] if budget.cut else found
 
 
 def _xmlschema_entry(root: etree._Element, error: Any) -> dict[str, Any]:
@@ -340,14 +393,14 @@ def _xmlschema_entry(root: etree._Element, error: Any) -> dict[str, Any]:
             elem = elem[index]
     elif isinstance(error.obj, str) and len(error.obj) <= _MAX_VALUE_SHOWN:
         reason += f" (value {error.obj!r})"
-    return {"path": _element_path(elem, root), "line": _line(elem), "reason": reason}
+    return {"path": _element_path(elem, root), "line": _line(elem), "reason": _clip(reason)}
 
 
 def _lxml_entry(root: etree._Element, entry: _LogEntry) -> dict[str, Any]:
     """One lxml log entry, its libxml2 path (``/*/edXML:edXMLEnvelope/*[3]``) rewritten as ours."""
     elem = _follow_libxml2_path(root, entry.path)
     path = _element_path(elem, root) if elem is not None else entry.path
-    return {"path": path, "line": entry.line, "reason": _tidy(entry.message)}
+    return {"path": _clip(path, keep_end=True), "line": entry.line, "reason": _tidy(entry.message)}
 
 
 _LIBXML2_STEP = re.compile(r"^(?:[^:\[\]]+:)?(?P<name>[^:\[\]]+)(?:\[(?P<index>[0-9]+)\])?$")
@@ -407,12 +460,21 @@ def _element_path(elem: etree._Element, root: etree._Element) -> str:
         if node is root:
             break
         node = parent
-    return "/" + "/".join(reversed(steps))
+    return _clip("/" + "/".join(reversed(steps)), keep_end=True)
 
 
 def _tidy(reason: str) -> str:
-    """Clark names (``{ns}local``) as the prefixes used in our paths."""
-    return reason.replace(f"{{{EDXML_NS}}}", "edXML:").replace(f"{{{DSIG_NS}}}", "ds:")
+    """Clark names (``{ns}local``) as the prefixes used in our paths, cut to a fixed length."""
+    return _clip(reason.replace(f"{{{EDXML_NS}}}", "edXML:").replace(f"{{{DSIG_NS}}}", "ds:"))
+
+
+def _clip(text: str, *, keep_end: bool = False) -> str:
+    """``text`` cut to :data:`_MAX_SHOWN` characters: no report grows with the input."""
+    if len(text) <= _MAX_SHOWN:
+        return text
+    if keep_end:  # a path: its last steps say most
+        return "..." + text[-(_MAX_SHOWN - 3) :]
+    return text[: _MAX_SHOWN - 3] + "..."
 
 
 def _line(elem: etree._Element) -> int | None:

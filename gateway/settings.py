@@ -84,7 +84,7 @@ class LimitsSettings:
     #: deepest element nesting accepted
     max_depth: int = 64
     #: most elements in one package
-    max_elements: int = 100_000
+    max_elements: int = 20_000
     #: most recipients (To) in one document
     max_recipients: int = 500
     #: most attachments in one document
@@ -184,8 +184,9 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     #: most request headers
     max_headers: int = 100
-    #: seconds a client has to send a whole request head (from connecting, or from the end of
-    #: its previous request on a keep-alive connection)
+    #: seconds a client has to send a whole request head (from connecting, or from the first
+    #: byte of a later request on a kept-alive connection; idle kept-alive connections close
+    #: after 30 s)
     header_timeout: float = 10.0
     #: seconds a client may leave a request body without sending a byte
     body_timeout: float = 30.0

@@ -3,7 +3,8 @@
 The signature is an enveloped XMLDSig with one ``Reference URI=""`` (the whole package),
 RSA-SHA256 (RSA 2048/3072) or ECDSA-SHA256 (P-256), SHA-256 digests, exclusive C14N, the
 signer's certificate (and chain) in ``KeyInfo``. It is placed where the field samples place it:
-the last child of ``edXMLHeader``.
+the last child of ``edXMLHeader``. An ECDSA SignatureValue is always written in its low-S form
+(:mod:`gateway.keypolicy`): verifiers refuse the other one.
 
 Usage::
 
@@ -16,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +32,8 @@ from signxml.exceptions import InvalidInput
 from signxml.signer import XMLSigner
 
 from gateway.envelope import DSIG_NS, EDXML_NS
-from gateway.errors import SignatureMalformed, UsageError
+from gateway.errors import CertificateKeyWeak, SignatureMalformed, UsageError
+from gateway.keypolicy import ADMITTED_CURVES, check_key, low_s_raw
 from gateway.trust import load_certificates
 from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
 
@@ -76,11 +79,16 @@ class SigningKey:
         certs = load_certificates(cert_path)
         for extra in chain_paths:
             certs.extend(load_certificates(extra))
+        try:
+            # The verifiers' policy, so that we never make a signature a peer must refuse.
+            check_key(key.public_key(), role="signing key")
+        except CertificateKeyWeak as exc:
+            raise UsageError(f"{key_path}: {exc.message}", detail=exc.detail) from None
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise UsageError(f"{key_path}: only RSA and ECDSA P-256 keys can sign edXML")
-        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
-            raise UsageError(f"{key_path}: RSA keys shorter than 2048 bits are refused")
         if isinstance(key, ec.EllipticCurvePrivateKey) and not isinstance(key.curve, ec.SECP256R1):
+            # P-384 is admitted for verification; signing with it would need ECDSA-SHA384
+            # (and ES384 for node keys), which no signature format here uses yet.
             raise UsageError(f"{key_path}: only the P-256 curve is supported for ECDSA")
         leaf = certs[0]
         if leaf.public_key().public_bytes(
@@ -191,7 +199,38 @@ def sign_root(
         )
     except InvalidInput as exc:
         raise SignatureMalformed(f"cannot sign: {exc}") from None
+    curve = getattr(key.private_key, "curve", None)
+    # A curve outside the policy only reaches here in a SigningKey built by hand (load()
+    # refuses it, as every verifier refuses its signatures): left as signxml made it.
+    if isinstance(curve, ec.EllipticCurve) and curve.name in ADMITTED_CURVES:
+        _make_low_s(signed, curve)
     return signed
+
+
+def _make_low_s(root: etree._Element, curve: ec.EllipticCurve) -> None:
+    """Rewrite the new ECDSA SignatureValue to its low-S form, the only one verifiers accept.
+
+    ``cryptography`` (under signxml) returns either form at random. SignatureValue is outside
+    SignedInfo, and ``(r, n - s)`` verifies exactly when ``(r, s)`` does, so the rewritten
+    signature is as valid as the original, and no longer malleable.
+    """
+    signature = _header(root).find(f"{{{DSIG_NS}}}Signature")
+    # By local name: with the unprefixed namespace map signxml builds the children without a
+    # namespace in memory (they take the default namespace only when serialised).
+    value_el = next(
+        (
+            child
+            for child in (signature if signature is not None else ())
+            if isinstance(child.tag, str) and etree.QName(child).localname == "SignatureValue"
+        ),
+        None,
+    )
+    if value_el is None or not value_el.text:
+        raise SignatureMalformed("cannot sign: signxml wrote no SignatureValue")
+    value = base64.b64decode(value_el.text)
+    low = low_s_raw(curve, value)
+    if low != value:
+        value_el.text = base64.b64encode(low).decode("ascii")
 
 
 def sign_package(

@@ -31,8 +31,13 @@ legitimately differ, and kept where they protect us:
   carry authorityCertIssuer/serial (OpenSSL and ADCS write them); EKU, when present, must
   allow one of the purposes above.
 * kept from ``cryptography``: chain to a configured anchor, signatures, validity at ``at``,
-  pathLenConstraint, RSA >= 2048 bits, SHA-256/384/512 signatures only (SHA-1-signed
-  certificates are refused), unknown critical extensions refused.
+  pathLenConstraint, SHA-256/384/512 signatures only (SHA-1-signed certificates are refused),
+  unknown critical extensions refused;
+* **the key policy** (:mod:`gateway.keypolicy`) on every certificate of the chain, leaf,
+  intermediates and anchor alike: RSA 2048..16384 bits, EC on P-256 or P-384, anything else
+  ``CERT_KEY_WEAK``. ``cryptography`` checks only the keys that verify a certificate's
+  signature (an issuer's), never the leaf's own key: a leaf with a 1024-bit RSA or a P-521
+  key chained cleanly before this check.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from gateway.errors import (
     CRLInvalid,
     UsageError,
 )
+from gateway.keypolicy import check_certificate_key, check_chain_keys
 
 __all__ = [
     "AGENCY_URN_PREFIX",
@@ -282,15 +288,20 @@ class TrustStore:
         sent in the signature's KeyInfo) only help build the path; the store's own
         intermediates are always offered too. A naive ``at`` is taken as UTC.
 
-        Raises :class:`CertificateNotValidAtSigning` when a certificate on the path is expired
+        Raises :class:`CertificateKeyWeak` when a certificate of the path has a key outside
+        :mod:`gateway.keypolicy` (``detail["role"]`` says which one),
+        :class:`CertificateNotValidAtSigning` when a certificate on the path is expired
         or not yet valid at ``at``, :class:`CertificateUntrusted` for anything else (unknown
         root, bad signature, CA used as a leaf, wrong key usage); ``detail["reason"]`` says
         which.
 
         A leaf that is itself an anchor (a pinned certificate, e.g. openssl self-signed) is its
-        own chain ``[leaf]``, checked for validity at ``at`` only: the operator trusts it as is.
+        own chain ``[leaf]``, checked for validity at ``at`` and for its key only: the operator
+        trusts it as is.
         """
         when = _utc(at)
+        # The leaf's key first: it costs a dictionary lookup, path building ~1.7 ms.
+        check_certificate_key(leaf)
         if leaf in self.anchors:
             if not leaf.not_valid_before_utc <= when <= leaf.not_valid_after_utc:
                 raise CertificateNotValidAtSigning(
@@ -332,7 +343,9 @@ class TrustStore:
                 f"cannot process the certificate of {rfc4514_name(leaf.subject)}: {exc}",
                 detail={"reason": str(exc)},
             ) from None
-        return list(verified.chain)
+        chain = list(verified.chain)
+        check_chain_keys(chain)
+        return chain
 
     # --- revocation ----------------------------------------------------------------------
 

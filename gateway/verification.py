@@ -2,13 +2,14 @@
 
 Checks, in order (each one named in the report so an auditor sees why):
 
-``xml``                 well-formed, no DOCTYPE/entities, within size/depth/count caps
+``xml``                 well-formed, no DOCTYPE/entities, within the input budgets (xmlsafe)
 ``structure``           one envelope, one header, unique Ids, one Signature as the last child of
                         edXMLHeader, one Reference URI="" with enveloped/C14N transforms only
 ``schema``              the edXML (or status) XSD
 ``algorithm``           RSA/ECDSA with SHA-2; SHA-1 refused unless admitted for legacy archives
 ``signature``           SignatureValue and digest (:mod:`gateway.dsig`, on the pinned shape)
-``envelope``            the *signed* content (only what dsig returns) is a consistent package
+``envelope``            the *signed* content (only what dsig returns) is a consistent package,
+                        and a document carries its sender's own TraceHeader (the signing time)
 ``chain``               the signer's certificate chains to a trust anchor
 ``validity_at_signing`` every certificate in the chain was valid at the claimed signing time
 ``validity_now``        ... and is valid at verification time
@@ -16,13 +17,24 @@ Checks, in order (each one named in the report so an auditor sees why):
 ``signer_agency``       the certificate's agency code equals From/OrganId
 
 The claimed signing time is signed content: the status Timestamp, or the latest TraceHeader of
-the sender (``gateway sign`` stamps it).
+the sender (``gateway sign`` stamps it). A document without one is refused
+(``ENVELOPE_MISSING_ELEMENT``): without a signing time, the chain cannot be judged as of signing.
+
+Every step is bounded by the input budgets of :mod:`gateway.xmlsafe` (checked while parsing,
+before any other step), and the whole verification by ``VerifyPolicy.upload_budget``: CPU
+seconds of the verifying thread, checked between steps. Past it, the next step is refused with
+``REQUEST_BUDGET_EXCEEDED`` and the rest are not run. A step already running is not
+interrupted (most are one call into libxml2 or OpenSSL); the budgets make each one linear in
+the package, so it ends in bounded time.
+
+An invalid report always carries at least one error.
 
 Usage::
 
     verifier = Verifier(TrustStore.from_pem_files([Path("ca.cert.pem")]))
     report = verifier.verify(data)
     if not report.valid: print(report.render_text())
+    package, signer = report.accepted()  # or raise the first error
 
 .. warning:: Read package data only from ``report.package`` (built from what the signature
    covers), never from your own parse of the input bytes.
@@ -48,11 +60,14 @@ from gateway.codec import parse_package
 from gateway.dsig import verify_enveloped
 from gateway.envelope import EDXML_NS, DocumentPackage, PackageKind, StatusPackage
 from gateway.errors import (
+    BudgetExceeded,
     CertificateExpired,
     CertificateMalformed,
     CertificateNotValidAtSigning,
     CertificateUntrusted,
     GatewayError,
+    InternalError,
+    MissingElement,
     SignatureMissing,
     SignerMismatch,
     SignerUnbound,
@@ -99,6 +114,9 @@ class VerifyPolicy:
     require_revocation_check: bool = False
     #: caps on the raw package
     limits: XMLLimits = DEFAULT_LIMITS
+    #: CPU seconds one verification may use, checked between steps (``[limits]
+    #: upload_budget``); None for no budget
+    upload_budget: float | None = 30.0
 
 
 @dataclass(slots=True)
@@ -163,6 +181,21 @@ class VerificationReport:
     def first_error(self) -> GatewayError | None:
         return self.errors[0] if self.errors else None
 
+    def accepted(self) -> tuple[Package, x509.Certificate]:
+        """The verified package and its signer, or raise why the package is refused.
+
+        Usage: ``package, signer = verifier.verify(data).accepted()``
+
+        Raises the first error, its ``detail["errors"]`` listing the code of every error.
+        """
+        if self.valid and self.package is not None and self.signer is not None:
+            return self.package, self.signer
+        first = self.first_error()
+        if first is None:  # verify() never leaves it so; a report built by hand might
+            first = _no_verdict(self)
+        first.detail.setdefault("errors", [e.code for e in self.errors])
+        raise first
+
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` report."""
         signer = None
@@ -205,14 +238,32 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _signing_time(package: Package) -> tuple[dt.datetime | None, str | None]:
+def _no_verdict(report: VerificationReport) -> InternalError:
+    """The error for a report that is not valid yet names no error: a verifier bug, never a pass."""
+    unfinished = [c.name for c in report.checks if c.ok is not True]
+    return InternalError(
+        "verification ended without a verdict on every check", detail={"checks": unfinished}
+    )
+
+
+_TRACE_HEADER_PATH = "/edXML/edXMLEnvelope/edXMLHeader/TraceHeaderList/TraceHeader"
+
+
+def _signing_time(package: Package) -> tuple[dt.datetime, str]:
+    """The signing time the signed content claims; a document without one is refused."""
     if isinstance(package, StatusPackage):
         return package.timestamp, "status Timestamp"
     sender = package.from_.organ_id.strip()
     own = [t for t in package.trace_headers if t.organ_id.strip() == sender]
-    if own:
-        return own[-1].timestamp, f"sender's TraceHeader ({sender})"
-    return None, None
+    if not own:
+        # The sender's TraceHeader is the only signed signing time of a document; without it
+        # validity at signing cannot be checked, so the package is refused here, by name.
+        raise MissingElement(
+            "the document carries no TraceHeader of its sender (From/OrganId): its signing "
+            "time is not in the signed content (gateway sign adds it)",
+            detail={"path": _TRACE_HEADER_PATH, "element": "TraceHeader", "organ_id": sender},
+        )
+    return own[-1].timestamp, f"sender's TraceHeader ({sender})"
 
 
 def _embedded_certificates(info: SignatureInfo) -> list[x509.Certificate]:
@@ -265,9 +316,18 @@ def _within(cert: x509.Certificate, at: dt.datetime) -> bool:
 class Verifier:
     """Verifies packages against one trust store; reuse it (it caches verified chains)."""
 
-    def __init__(self, trust: TrustStore | None, policy: VerifyPolicy | None = None):
+    def __init__(
+        self,
+        trust: TrustStore | None,
+        policy: VerifyPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.thread_time,
+    ):
         self.trust = trust
         self.policy = policy or VerifyPolicy()
+        #: what the upload budget is counted on: the CPU time of the verifying thread, so a
+        #: package is not refused because other threads had the CPU meanwhile
+        self._clock = clock
         self._chains: OrderedDict[tuple[x509.Certificate, ...], list[x509.Certificate]] = (
             OrderedDict()
         )
@@ -283,8 +343,13 @@ class Verifier:
             self._chains = OrderedDict()
 
     def verify(self, data: bytes, *, now: dt.datetime | None = None) -> VerificationReport:
-        """Run every check on package bytes and return the report (never raises GatewayError)."""
+        """Run every check on package bytes and return the report (never raises GatewayError).
+
+        A report that is not valid always holds at least one error.
+        """
+        budget = self.policy.upload_budget
         report = VerificationReport()
+        run = _Steps(self, report, None if budget is None else _Budget(self._clock, budget))
         now = now or dt.datetime.now(dt.UTC)
         box: list[etree._Element] = []
 
@@ -292,11 +357,15 @@ class Verifier:
             box.append(parse_bytes(data, self.policy.limits))
             return f"well-formed, {len(data)} bytes, no DTD"
 
-        if not self._run(report, "xml", xml):
-            self._skip_rest(report, "xml", "the package could not be parsed safely")
-            return report
-        root = box[0]
-        self._verify_root(root, report, now)
+        try:
+            if not run("xml", xml):
+                self._skip_rest(report, "xml", "the package could not be parsed safely")
+            else:
+                self._verify_root(box[0], report, now, run)
+        except _OverBudget:
+            self._skip_rest(report, "xml", "the upload's processing budget is spent")
+        if not report.errors and not report.valid:
+            report.errors.append(_no_verdict(report))
         return report
 
     # -- pipeline --------------------------------------------------------------------------
@@ -308,6 +377,7 @@ class Verifier:
                 report.skipped(name, why)
 
     def _run(self, report: VerificationReport, name: str, step: Callable[[], str]) -> bool:
+        """Run one check, record its verdict and time; True if it passed."""
         started = time.perf_counter()
         try:
             detail = step()
@@ -321,7 +391,7 @@ class Verifier:
             report.check(name).seconds = time.perf_counter() - started
 
     def _verify_root(
-        self, root: etree._Element, report: VerificationReport, now: dt.datetime
+        self, root: etree._Element, report: VerificationReport, now: dt.datetime, run: _Steps
     ) -> None:
         info_box: list[SignatureInfo] = []
 
@@ -333,7 +403,7 @@ class Verifier:
             ns = "edXML namespace (legacy field form)" if info.legacy_namespace else "XMLDSig"
             return f'one Signature ({ns}) as last child of edXMLHeader; Reference URI=""'
 
-        if not self._run(report, "structure", structure):
+        if not run("structure", structure):
             self._skip_rest(report, "structure", "signature structure refused")
             return
         info = info_box[0]
@@ -342,7 +412,7 @@ class Verifier:
             report.kind = schema.validate(root)
             return f"valid {report.kind.value} package (xsd/)"
 
-        if not self._run(report, "schema", schema_step):
+        if not run("schema", schema_step):
             self._skip_rest(report, "schema", "schema invalid")
             return
 
@@ -358,7 +428,7 @@ class Verifier:
             method = SignatureMethod(info.signature_method).name
             return f"{method}, digest {DigestAlgorithm(info.digest_method).name}"
 
-        algorithm_ok = self._run(report, "algorithm", algorithm)
+        algorithm_ok = run("algorithm", algorithm)
 
         try:
             certs = _embedded_certificates(info)
@@ -379,8 +449,7 @@ class Verifier:
         others = [c for c in certs if c is not leaf]
 
         if algorithm_ok:
-            signature_ok = self._run(
-                report,
+            signature_ok = run(
                 "signature",
                 lambda: self._check_signature(root, info, leaf, report),
             )
@@ -388,33 +457,31 @@ class Verifier:
             report.skipped("signature", "algorithm refused")
             signature_ok = False
         if signature_ok:
-            self._run(report, "envelope", lambda: self._check_envelope(report))
+            run("envelope", lambda: self._check_envelope(report))
         else:
             report.skipped("envelope", "signed content unavailable")
 
         at = report.signing_time or now
-        chain_ok = self._run(report, "chain", lambda: self._check_chain(leaf, others, at, report))
+        chain_ok = run("chain", lambda: self._check_chain(leaf, others, at, report))
         if chain_ok:
             if report.signing_time is None:
                 report.skipped("validity_at_signing", "no signing time claimed in signed content")
             else:
-                self._run(
-                    report,
+                run(
                     "validity_at_signing",
                     lambda: self._check_validity(report.chain, at, signing=True),
                 )
-            self._run(
-                report,
+            run(
                 "validity_now",
                 lambda: self._check_validity(report.chain, now, signing=False),
             )
-            self._run(report, "revocation", lambda: self._check_revocation(report.chain, now))
+            run("revocation", lambda: self._check_revocation(report.chain, now))
         else:
             for name in ("validity_at_signing", "validity_now", "revocation"):
                 report.skipped(name, "no trusted chain")
         if report.package is not None:
             package = report.package
-            self._run(report, "signer_agency", lambda: self._check_agency(leaf, package))
+            run("signer_agency", lambda: self._check_agency(leaf, package))
         else:
             report.skipped("signer_agency", "signed content unavailable")
 
@@ -432,10 +499,11 @@ class Verifier:
         return f"SignatureValue and digest verified{legacy}"
 
     def _check_envelope(self, report: VerificationReport) -> str:
-        assert report.signed_xml is not None
+        if report.signed_xml is None:
+            raise InternalError("the envelope check ran before the signature check")
         package = parse_package(report.signed_xml)
-        report.package = package
         report.signing_time, report.signing_time_source = _signing_time(package)
+        report.package = package  # only a package that passed every envelope check
         if isinstance(package, DocumentPackage):
             return (
                 f"document from {package.from_.organ_id} to "
@@ -498,10 +566,12 @@ class Verifier:
         return f"all {len(chain)} certificates valid at {at.isoformat()}"
 
     def _check_revocation(self, chain: list[x509.Certificate], now: dt.datetime) -> str:
-        assert self.trust is not None
+        trust = self.trust
+        if trust is None:
+            raise CertificateUntrusted("no trust anchors were supplied (--trust CA.pem)")
         if len(chain) == 1:
             return "nothing to check: the signer's certificate is itself a trust anchor"
-        result = self.trust.check_revocation(chain, at=now)
+        result = trust.check_revocation(chain, at=now)
         if not result.checked:
             if self.policy.require_revocation_check:
                 raise CertificateUntrusted(
@@ -525,3 +595,54 @@ class Verifier:
                 detail={"certificate": str(code), "from": sender},
             )
         return f"certificate agency {code} == From/OrganId"
+
+
+# --- the upload budget -----------------------------------------------------------------------
+
+
+class _OverBudget(Exception):
+    """Raised by :class:`_Steps` once the budget is spent: the remaining checks are not run."""
+
+
+@dataclass(slots=True)
+class _Budget:
+    """CPU seconds one verification may still use, on ``clock``."""
+
+    clock: Callable[[], float]
+    seconds: float
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+
+@dataclass(slots=True)
+class _Steps:
+    """Runs a verification's checks in turn, refusing the next one once the budget is spent."""
+
+    verifier: Verifier
+    report: VerificationReport
+    budget: _Budget | None
+
+    def __call__(self, name: str, step: Callable[[], str]) -> bool:
+        budget = self.budget
+        if budget is not None:
+            spent = budget.spent()
+            if spent > budget.seconds:
+                self.report.failed(
+                    name,
+                    BudgetExceeded(
+                        f"the package used {spent:.1f} s of processing before the {name} check; "
+                        f"one upload may use {budget.seconds:g} s",
+                        detail={
+                            "spent": round(spent, 3),
+                            "budget": budget.seconds,
+                            "check": name,
+                        },
+                    ),
+                )
+                raise _OverBudget
+        return self.verifier._run(self.report, name, step)

@@ -13,7 +13,14 @@ arbitrary bodies on the XML endpoints, undocumented methods) must get
 
 * no 5xx;
 * a documented status code and content type, and a body matching the documented schema;
-* for every error, exactly ``{code, message, detail}``.
+* for every error, exactly ``{code, message, detail}``;
+* no traceback or exception text in any body.
+
+Every operation is fuzzed, the JSON routes included, in every phase (the schema's examples,
+the coverage phase's boundary and invalid values, Hypothesis fuzzing) and in both generation
+modes: positive (data the schema allows) and negative (data it does not: wrong types, values
+out of range, missing fields), which must be refused with a 4xx. Bounded: at most
+``max_examples`` fuzzed cases per operation and caller (the coverage phase is finite).
 
 The schema is loaded when this module is imported, because schemathesis's lazy
 ``from_fixture`` loader does not run under pytest 9.2 (it sets ``Item._nodeid``). It is taken
@@ -83,12 +90,19 @@ schemathesis.serializer.alias("application/vnd.edxml-gateway.relay", "applicatio
 
 CONFIG = schemathesis.Config.from_dict(
     {
+        # spelled out, not left to the defaults: negative cases are the point
+        "generation": {"mode": "all"},  # positive and negative
+        "phases": {
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+        },
         "operations": [
             {
                 "include-name": XML_UPLOADS,
                 "checks": {"positive_data_acceptance": {"expected-statuses": XML_REFUSALS}},
             }
-        ]
+        ],
     }
 )
 
@@ -121,6 +135,17 @@ def error_body(ctx: Any, response: Any, case: Any) -> None:
     assert isinstance(body["code"], str) and body["code"], f"error code: {body!r}"
     assert isinstance(body["message"], str), f"error message: {body!r}"
     assert isinstance(body["detail"], dict), f"error detail: {body!r}"
+
+
+#: what a body must never contain: a Python traceback, or uvicorn's plain-text 500
+TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', "Internal Server Error")
+
+
+def no_traceback(ctx: Any, response: Any, case: Any) -> None:
+    """A schemathesis check: no answer shows a traceback or an unhandled error's text."""
+    text = response.content.decode("utf-8", "replace")
+    for marker in TRACEBACK_MARKERS:
+        assert marker not in text, f"{marker!r} in the body: {text[:300]}"
 
 
 class ClientCertificate:
@@ -208,7 +233,7 @@ def api_app(
 @schema.parametrize()
 @hypothesis.settings(max_examples=15, deadline=None)
 def test_operations_conform_to_openapi(case: Any, api_app: ASGIApp) -> None:
-    response = case.call_and_validate(app=api_app, additional_checks=[error_body])
+    response = case.call_and_validate(app=api_app, additional_checks=[error_body, no_traceback])
     assert response.status_code < 500, case.as_curl_command()
 
 
@@ -237,7 +262,9 @@ def test_edge_requests_conform_to_openapi(name: str, node_app: ASGIApp, pki: Dev
     operation = schema.find_operation_by_label(label)
     assert operation is not None, label
     app = ClientCertificate(node_app, [_pem(pki, H49)])
-    response = operation.Case(**parts).call_and_validate(app=app, additional_checks=[error_body])
+    response = operation.Case(**parts).call_and_validate(
+        app=app, additional_checks=[error_body, no_traceback]
+    )
     assert response.status_code < 500
 
 
@@ -252,3 +279,38 @@ def test_undocumented_method_is_refused_with_an_error_body(
     response = case.call(app=app)
     assert response.status_code == 405
     error_body(None, response, case)
+
+
+REQUEUE = "POST /api/v1/admin/deliveries/requeue"
+#: admin requeue bodies the generators do not make, with the refusal each must get
+ADMIN_EDGE_CASES: dict[str, tuple[bytes, int, str]] = {
+    "nested past max_json_depth": (
+        b'{"ids":' + b"[" * 40 + b"]" * 40 + b"}",
+        400,
+        "REQUEST_JSON_TOO_DEEP",
+    ),
+    "nested thousands deep": (b"[" * 60_000, 400, "REQUEST_JSON_TOO_DEEP"),
+    "larger than max_json_bytes": (
+        b'{"ids":[' + b"1," * 40_000 + b"1]}",
+        413,
+        "REQUEST_BODY_TOO_LARGE",
+    ),
+    "not JSON": (b"{ids: [1]}", 422, "REQUEST_ERROR"),
+    "not UTF-8": (b'{"ids":[1]}\xff', 422, "REQUEST_ERROR"),
+    "an integer of 5000 digits": (b'{"ids":[' + b"9" * 5000 + b"]}", 422, "REQUEST_ERROR"),
+    "ids of the wrong type": (b'{"ids":{"a":1}}', 422, "REQUEST_ERROR"),
+}
+
+
+@pytest.mark.parametrize("name", list(ADMIN_EDGE_CASES))
+def test_admin_json_edge_bodies_get_their_code(name: str, node_app: ASGIApp, pki: DevPKI) -> None:
+    body, status, code = ADMIN_EDGE_CASES[name]
+    operation = schema.find_operation_by_label(REQUEUE)
+    assert operation is not None
+    app = ClientCertificate(node_app, [_pem(pki, NODE_NAME)])
+    case = operation.Case(body=body, media_type="application/octet-stream")
+    response = case.call(app=app)
+    assert response.status_code == status, response.text
+    error_body(None, response, case)
+    no_traceback(None, response, case)
+    assert response.json()["code"] == code

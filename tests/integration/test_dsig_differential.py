@@ -5,6 +5,12 @@ test is the reason to trust it: over valid signatures (ours, xmlsec1's, inclusiv
 exclusive C14N, RSA and ECDSA) and many tampered variants, it must accept exactly what
 ``xmlsec1 --verify`` accepts, and, where signxml is not hit by the libxml2 inclusive-C14N bug,
 exactly what signxml accepts.
+
+One difference is policy, not a bug, and is checked as such: the **high-S twin** of a valid
+ECDSA signature (``s`` replaced by ``n - s``, equally valid mathematically) is accepted by
+xmlsec1 and signxml and refused by the gateway with ``SIGNATURE_NON_CANONICAL``
+(docs/signatures.md). Signatures from xmlsec1 are put in their low-S form first, so the
+corpus does not depend on which form xmlsec1 happened to write.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 from support import G22, H41, DevPKI, sample
-from test_interop_xmlsec1 import ECDSA, EXC, INCL, RSA, _template, _xmlsec_sign, _xmlsec_verify
+from test_interop_xmlsec1 import (
+    ECDSA,
+    EXC,
+    INCL,
+    RSA,
+    _template,
+    _xmlsec_sign,
+    _xmlsec_verify,
+    ecdsa_form,
+)
 
 from gateway.dsig import verify_enveloped
 from gateway.errors import SignatureError
@@ -96,15 +111,20 @@ VARIANTS: dict[str, tuple[Callable[[etree._Element], None] | None, bool]] = {
 }
 
 
-def _ours(data: bytes, pki: DevPKI, agency: str) -> bool:
+def _our_refusal(data: bytes, pki: DevPKI, agency: str) -> str | None:
+    """The code the gateway's core refuses ``data`` with, or None when it verifies."""
     root = parse_bytes(data)
     try:
         info = inspect_signature(root)
         assert info is not None
         verify_enveloped(root, info, pki.key(agency).certificate)
-    except SignatureError:
-        return False
-    return True
+    except SignatureError as exc:
+        return exc.code
+    return None
+
+
+def _ours(data: bytes, pki: DevPKI, agency: str) -> bool:
+    return _our_refusal(data, pki, agency) is None
 
 
 def _xmlsec(tmp: Path, data: bytes, pki: DevPKI) -> bool:
@@ -144,7 +164,17 @@ def test_gateway_core_agrees_with_xmlsec1_and_signxml(
         signed = _xmlsec_sign(
             tmp_path, _template(name, method, c14n, c14n == EXC), issued.key, issued.cert
         )
+        if key_type == "ec-p256":
+            signed = ecdsa_form(signed, "low")
     disagreements = []
+    if key_type == "ec-p256":
+        # The policy difference, asserted as one: both others accept the twin, we do not.
+        twin = ecdsa_form(signed, "high")
+        assert twin != signed, "a low-S signature and its high-S twin differ"
+        assert _our_refusal(twin, fresh_pki, agency) == "SIGNATURE_NON_CANONICAL"
+        assert _xmlsec(tmp_path, twin, fresh_pki)
+        if c14n != INCL:
+            assert _signxml(twin, fresh_pki, agency)
     for variant, (mutate, expect_valid) in VARIANTS.items():
         data = signed if mutate is None else _edit(signed, mutate)
         ours = _ours(data, fresh_pki, agency)

@@ -1,19 +1,29 @@
 """Interop with an independent XMLDSig implementation: the Debian ``xmlsec1`` tool (C, libxmlsec1).
 
 ``tests/run`` installs it; these tests fail (never skip) when it is missing.
+
+ECDSA: xmlsec1 (like every OpenSSL-based signer) writes ``s`` in either of its two forms at
+random, and accepts both; the gateway accepts only the low-S form (docs/signatures.md). The
+tests never depend on that coin: they take xmlsec1's signature and derive both forms from it
+(``s`` and ``n - s``, each valid), so each run checks both verdicts.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 from support import G22, H41, DevPKI, sample
 
+from gateway.keypolicy import curve_order
 from gateway.signing import VIETNAM_TZ, sign_package
 
 XMLSEC1 = shutil.which("xmlsec1")
@@ -75,6 +85,28 @@ def _xmlsec_sign(tmp: Path, template: bytes, key: Path, cert: Path) -> bytes:
     return out.read_bytes()
 
 
+_SIGNATURE_VALUE = re.compile(rb"(<(?:\w+:)?SignatureValue[^>]*>)([^<]*)(</)")
+
+
+def ecdsa_form(
+    data: bytes, form: Literal["low", "high"], curve: ec.EllipticCurve | None = None
+) -> bytes:
+    """``data`` with its ECDSA SignatureValue's ``s`` in the given form (``s`` or ``n - s``).
+
+    Both forms verify under the same key (SignatureValue is not in SignedInfo); only the
+    bytes of SignatureValue change, everything else stays as the signer wrote it.
+    """
+    order = curve_order(curve or ec.SECP256R1())
+    match = _SIGNATURE_VALUE.search(data)
+    assert match is not None, "no SignatureValue"
+    raw = base64.b64decode(b"".join(match.group(2).split()))
+    size = len(raw) // 2
+    s = int.from_bytes(raw[size:], "big")
+    wanted = min(s, order - s) if form == "low" else max(s, order - s)
+    value = base64.b64encode(raw[:size] + wanted.to_bytes(size, "big"))
+    return data[: match.start(2)] + value + data[match.end(2) :]
+
+
 def _xmlsec_verify(tmp: Path, data: bytes, pki: DevPKI) -> subprocess.CompletedProcess[str]:
     path = tmp / "to-verify.edxml"
     path.write_bytes(data)
@@ -116,6 +148,14 @@ def test_signed_by_xmlsec1_verifies_with_gateway(
     signed = _xmlsec_sign(
         tmp_path, _template(name, method, c14n, transform), issued.key, issued.cert
     )
+    if method == ECDSA:
+        # Both forms of xmlsec1's signature: xmlsec1 accepts both, the gateway the low one.
+        high = ecdsa_form(signed, "high")
+        assert _xmlsec_verify(tmp_path, high, fresh_pki).returncode == 0
+        refused = fresh_pki.verifier(with_intermediate=True).verify(high)
+        assert [e.code for e in refused.errors] == ["SIGNATURE_NON_CANONICAL"]
+        signed = ecdsa_form(signed, "low")
+        assert _xmlsec_verify(tmp_path, signed, fresh_pki).returncode == 0
     # xmlsec1 embeds the leaf only: the verifier is configured with the intermediate
     report = fresh_pki.verifier(with_intermediate=True).verify(signed)
     assert report.valid, report.render_text()

@@ -19,8 +19,58 @@ def test_parse_splits_the_four_levels() -> None:
     assert repr(code) == "AgencyCode('002.01.20.H13')"
 
 
-def test_parse_tolerates_surrounding_whitespace_only() -> None:
-    assert AgencyCode.parse("  000.00.00.H49\n") == AgencyCode.parse(QUANG_NINH)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "  000.00.00.H49\n",
+        " 000.00.00.H49",
+        "000.00.00.H49 ",
+        "000.00.00.H49\t",
+        "\r\n000.00.00.H49",
+        "000.00.00.H49\u00a0",  # no-break space: the review's case
+        "\u00a0000.00.00.H49",
+        "000.00.00.H49\u3000",  # ideographic space
+        "000.00.00.H49\u2028",  # line separator
+        "\u2003000.00.00.H49",  # em space
+    ],
+)
+def test_surrounding_whitespace_of_any_kind_is_refused(text: str) -> None:
+    with pytest.raises(AgencyCodeError) as info:
+        AgencyCode.parse(text)
+    assert info.value.code == "AGENCY_CODE_INVALID"
+    assert info.value.detail == {"value": text, "reason": "leading or trailing whitespace"}
+    assert not AgencyCode.is_valid(text)
+    assert AgencyCode.is_near_miss(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("000.00.00.h49", "a character outside [0-9A-Z.]"),
+        ("000.00.00.H4\u200b9", "a character outside [0-9A-Z.]"),  # zero-width space inside
+        ("\ufeff000.00.00.H49", "a character outside [0-9A-Z.]"),  # BOM: not isspace
+        ("000.00.0.0H49", "not of the form VVV.ZZ.YY.Lnn"),
+    ],
+)
+def test_the_fault_is_named(text: str, reason: str) -> None:
+    with pytest.raises(AgencyCodeError) as info:
+        AgencyCode.parse(text)
+    assert info.value.detail["reason"] == reason
+
+
+def test_near_misses_are_codes_only_after_folding() -> None:
+    assert AgencyCode.is_near_miss("000.00.00.h49")
+    assert AgencyCode.is_near_miss("000.00.00.H４９")  # full-width digits
+    assert not AgencyCode.is_near_miss(QUANG_NINH)  # a code is not a miss
+    assert not AgencyCode.is_near_miss("MST:0101234567")
+    assert not AgencyCode.is_near_miss("01.02.G22")
+
+
+def test_a_long_value_is_clipped_in_the_error() -> None:
+    with pytest.raises(AgencyCodeError) as info:
+        AgencyCode.parse("9" * 100_000)
+    assert len(info.value.message) < 200
+    assert len(info.value.detail["value"]) < 50
 
 
 @pytest.mark.parametrize(
@@ -105,7 +155,7 @@ def test_ordering_against_other_types_is_refused() -> None:
 
 
 def test_equal_codes_hash_alike() -> None:
-    assert len({AgencyCode.parse(QUANG_NINH), AgencyCode.parse(" 000.00.00.H49 ")}) == 1
+    assert len({AgencyCode.parse(QUANG_NINH), AgencyCode.parse("000.00.00.H49")}) == 1
 
 
 @pytest.mark.parametrize(
@@ -134,7 +184,7 @@ def test_malformed_codes_raise(text: str) -> None:
     with pytest.raises(AgencyCodeError) as info:
         AgencyCode.parse(text)
     assert info.value.code == "AGENCY_CODE_INVALID"
-    assert info.value.detail["value"] == text.strip()
+    assert info.value.detail["value"] == text
     assert not AgencyCode.is_valid(text)
 
 

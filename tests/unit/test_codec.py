@@ -540,6 +540,25 @@ def test_from_and_to_need_valid_agency_codes(path: str, reported: str) -> None:
     assert isinstance(info.value.__cause__, AgencyCodeError)
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("000.00.00.G22\u00a0", "leading or trailing whitespace"),  # no-break space
+        (" 000.00.00.G22", "leading or trailing whitespace"),  # XML whitespace: xs:token allows it
+        ("000.00.00.G22\n", "leading or trailing whitespace"),
+        ("000.00.00.g22", "a character outside [0-9A-Z.]"),
+    ],
+)
+def test_from_code_must_be_exactly_a_code_as_signed(text: str, reason: str) -> None:
+    path = "e:edXMLEnvelope/e:edXMLHeader/e:MessageHeader/e:From/e:OrganId"
+    with pytest.raises(InvalidValue) as info:
+        parse_package(_edited("edoc_update.edxml", _set_text(path, text)))
+    assert info.value.code == "ENVELOPE_INVALID_VALUE"
+    assert info.value.detail["value"] == text
+    assert info.value.detail["reason"] == reason
+    assert info.value.detail["cause"] == "AGENCY_CODE_INVALID"
+
+
 def test_trace_header_organ_ids_are_kept_raw() -> None:
     doc = _document("edoc_relayed_by_hub.edxml")
     assert [t.organ_id for t in doc.trace_headers] == ["01.02.G22", "001.00.20.TT2"]

@@ -166,9 +166,13 @@ def test_unknown_recipient_under_a_served_code_bounces_and_would_loop_catches_it
 
 
 def test_route_parses_strings_and_refuses_non_codes() -> None:
-    assert quang_ninh()["h49"].route(f"  {H49}\n") == LOCAL
+    assert quang_ninh()["h49"].route(H49) == LOCAL
     with pytest.raises(AgencyCodeError):
         quang_ninh()["h49"].route("H49")
+    # exactly a code: no surrounding whitespace of any kind is trimmed away
+    for padded in (f"  {H49}\n", f"{H49}\u00a0"):
+        with pytest.raises(AgencyCodeError):
+            quang_ninh()["h49"].route(padded)
 
 
 def test_fan_out_groups_recipients_per_next_hop_in_first_seen_order() -> None:
@@ -277,7 +281,7 @@ HL_PEER = Peer("hl", "https://hl.example", (code(HL),))
         (_province(node="H49"), "directory.node", "[a-z0-9-]+"),
         (_province(parent=Peer("Central", "https://c.example")), "directory.parent", "[a-z0-9-]+"),
         (_province(hosted=frozenset({"H49"})), "directory.hosted", "not a QCVN"),
-        (_province(hosted=frozenset({f" {H49}"})), "directory.hosted", "canonically"),
+        (_province(hosted=frozenset({f" {H49}"})), "directory.hosted", "whitespace"),
     ],
 )
 def test_check_refuses(directory: Directory, key: str, words: str) -> None:

@@ -251,11 +251,13 @@ def test_an_agency_sending_to_itself_reports_both_sides() -> None:
 # --- transport -------------------------------------------------------------------------------
 
 
-def test_start_normalises_and_checks_agency_codes() -> None:
-    t = Timeline.start(f" {G22} ", H41)
+def test_start_checks_agency_codes_exactly() -> None:
+    t = Timeline.start(G22, H41)
     assert (t.sender, t.recipient, t.transport, t.statuses) == (G22, H41, T.ACCEPTED, ())
     with pytest.raises(AgencyCodeError):
         Timeline.start("01.02.G22", H41)
+    with pytest.raises(AgencyCodeError):
+        Timeline.start(f" {G22} ", H41)  # surrounding whitespace is refused, not trimmed
 
 
 def test_transport_moves_forward_and_may_skip_steps() -> None:

@@ -6,10 +6,12 @@ import pytest
 from lxml import etree
 from support import ATTACKS, INTEROP
 
+from gateway.envelope import EDXML_NS
 from gateway.errors import (
     DoctypeForbidden,
     MalformedXML,
     XMLError,
+    XMLTextTooLarge,
     XMLTooDeep,
     XMLTooLarge,
     XMLTooManyElements,
@@ -101,9 +103,30 @@ def test_empty_input_is_malformed() -> None:
 
 def test_a_large_attachment_text_node_parses() -> None:
     # libxml2 refuses a text node over 10 MB unless huge_tree is set: a 50 MB attachment must pass.
-    big = b"<edXML><a>" + b"QUJD" * (4 * 1024 * 1024) + b"</a></edXML>"
+    # Attachment payloads are exempt from max_text_bytes (they are bounded by max_bytes).
+    big = (
+        f'<edXML xmlns="{EDXML_NS}"><ContentTransferEncoded>'.encode()
+        + b"QUJD" * (4 * 1024 * 1024)
+        + b"</ContentTransferEncoded></edXML>"
+    )
     root = parse_bytes(big)
     assert len(root[0].text) == 16 * 1024 * 1024
+
+
+def test_the_same_text_outside_an_attachment_is_refused() -> None:
+    big = (
+        f'<edXML xmlns="{EDXML_NS}"><Subject>'.encode()
+        + b"QUJD" * (1024 * 1024)
+        + b"</Subject></edXML>"
+    )
+    with pytest.raises(XMLTextTooLarge) as info:
+        parse_bytes(big)
+    assert info.value.detail == {
+        "size": 4 * 1024 * 1024,
+        "limit": 1024 * 1024,
+        "node": "text",
+        "line": 1,
+    }
 
 
 def test_entities_never_reach_lxml_defaults() -> None:

@@ -1,0 +1,37 @@
+"""`gateway bench hostile` runs end to end with tiny numbers (no timing asserted).
+
+What it must show whatever the machine's speed: every hostile class refused with its own code,
+in-process and over HTTPS, nothing of the attacker's stored, and the victim's uploads all
+accepted while the attack runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.bench_hostile import run_hostile_bench
+from gateway.hostile import CASES
+
+#: small classes, so the run stays short; the bench itself runs every class by default
+CLASSES = (
+    "1 500 unknown attributes on Subject (14 KB)",
+    "300 namespace declarations, 3 per element",
+    "nesting 250 deep",
+    "2 MiB text node in Subject",
+)
+
+
+@pytest.mark.slow
+def test_hostile_bench_refuses_every_class_and_stores_nothing_of_the_attacker() -> None:
+    lines: list[str] = []
+    result = run_hostile_bench(victim_documents=8, attackers=2, classes=CLASSES, echo=lines.append)
+    out = "\n".join(lines)
+    assert {name: code for name, (_, code, _, _) in result.refusals.items()} == {
+        name: CASES[name].code for name in CLASSES
+    }, out
+    assert all(refusal > 0 and parse > 0 for _, _, refusal, parse in result.refusals.values())
+    assert result.hostile_sent > 0
+    assert set(result.hostile_codes) <= {CASES[name].code for name in CLASSES}, out
+    assert result.stored_hostile == 0
+    assert result.victim_failures == 0
+    assert any(line.startswith("victim p50 attacked/alone") for line in lines), out
