@@ -26,15 +26,15 @@ annotations (``Caller`` is local to :func:`create_app`).
 """
 
 import contextlib
-import functools
 import json
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import structlog
-from anyio import CapacityLimiter, Lock, to_thread
+from anyio import CapacityLimiter, Lock, sleep, to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -82,6 +82,11 @@ LARGE_UPLOAD_BYTES: Final = 1024 * 1024
 #: wait in a queue of their own, so one agency with 16 connections puts one upload, not 16, in
 #: front of everyone else's
 UPLOADS_PER_CALLER: Final = 1
+#: after a refused upload, the caller's next one waits this many times the CPU time the refusal
+#: took: uploads that are refused (a buggy or hostile DMS) can then take at most a quarter of a
+#: lane, and every other agency keeps its latency (`gateway bench hostile`); an honest refusal
+#: of a 5 KB package costs ~1 ms, so its sender barely notices
+REFUSAL_PENALTY: Final = 3.0
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -420,8 +425,22 @@ def create_app(node: Node) -> FastAPI:
             # read inside the caller's turn: one body per caller in memory, not one per
             # connection it opens
             data = await _body(request, limit)
-            work = functools.partial(ingest, node, data, caller=caller)
-            return await to_thread.run_sync(work, limiter=lane(data))
+            spent = [0.0]
+
+            def work() -> Accepted:
+                start = time.thread_time()  # this thread's CPU: not the wait for the lane
+                try:
+                    return ingest(node, data, caller=caller)
+                finally:
+                    spent[0] = time.thread_time() - start
+
+            try:
+                return await to_thread.run_sync(work, limiter=lane(data))
+            except GatewayError as exc:
+                if exc.http_status < 500:
+                    # still in the caller's turn: its next upload waits, nobody else does
+                    await sleep(spent[0] * REFUSAL_PENALTY)
+                raise
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
