@@ -11,7 +11,7 @@ Usage::
 
     value = loads(body, max_depth=32)   # JSONTooDeep, or ValueError for anything not JSON
 
-Used by the JSON routes of :mod:`gateway.api` and by the relay framing (:mod:`adapters.peer`).
+Used by the JSON routes of :mod:`gateway.api.app` and by the relay framing (:mod:`adapters.peer`).
 """
 
 from __future__ import annotations

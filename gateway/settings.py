@@ -21,8 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from gateway.envelope.xmlsafe import XMLLimits
 from gateway.errors import ConfigError
-from gateway.xmlsafe import XMLLimits
 
 __all__ = [
     "AuditSettings",
@@ -178,7 +178,7 @@ class ServerSettings:
     #: port to listen on
     port: int = 8443
     #: processes serving the node on that port (one per core uses the machine; see
-    #: gateway.supervisor): worker 0 also runs the outbox dispatcher and the audit checkpoints
+    #: gateway.api.supervisor): worker 0 also runs the outbox dispatcher and the audit checkpoints
     workers: int = 1
     #: largest request head (request line plus headers), in bytes
     max_header_bytes: int = 16 * 1024

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.samples import document, status
-from gateway.signing import SigningKey, sign_package
+from gateway.dev.samples import document, status
+from gateway.trust.signing import SigningKey, sign_package
 
 __all__ = ["document", "signed", "status"]
 

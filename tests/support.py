@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.nodekey import NodeKey
-from gateway.pki import CAPaths, IssuedPaths, init_ca, issue
-from gateway.signing import SigningKey
-from gateway.trust import TrustStore
-from gateway.verification import Verifier
+from gateway.dev.pki import CAPaths, IssuedPaths, init_ca, issue
+from gateway.evidence.nodekey import NodeKey
+from gateway.trust.signing import SigningKey
+from gateway.trust.store import TrustStore
+from gateway.trust.verification import Verifier
 
 DATA = Path(__file__).parent / "data"
 INTEROP = DATA / "interop"
@@ -75,7 +75,7 @@ class DevPKI:
         )
 
     def verifier(self, *, with_intermediate: bool = False, **policy: object) -> Verifier:
-        from gateway.verification import VerifyPolicy
+        from gateway.trust.verification import VerifyPolicy
 
         trust = self.trust(with_intermediate=with_intermediate)
         return Verifier(trust, VerifyPolicy(**policy))  # type: ignore[arg-type]

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from support import DevPKI, make_pki
 
-from gateway.devnode import write_node_config
-from gateway.signing import SigningKey
+from gateway.dev.nodeconfig import write_node_config
+from gateway.trust.signing import SigningKey
 
 GATEWAY = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
 

@@ -1,6 +1,6 @@
 """Helpers for the network acceptance tests (tests/acceptance/test_network.py).
 
-Everything here talks to a running :class:`gateway.devnet.Network` the way a user or an auditor
+Everything here talks to a running :class:`gateway.dev.network.Network` the way a user or an auditor
 would: over its HTTPS API with the dev PKI's certificates, or by reading a node's SQLite file
 read-only (the audit log, the documents table).
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from gateway.devnet import Network, wait_for
-from gateway.nodekey import NodeKey
-from gateway.trust import TrustStore
+from gateway.dev.network import Network, wait_for
+from gateway.evidence.nodekey import NodeKey
+from gateway.trust.store import TrustStore
 
 __all__ = [
     "WAIT",

@@ -44,7 +44,7 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.pool import NullPool
 from support import DevPKI, make_pki
 
-from gateway.tables import audit_log, deliveries, documents, events
+from gateway.storage.tables import audit_log, deliveries, documents, events
 
 #: documents pushed per run, by this many client threads
 DOCUMENTS = 150

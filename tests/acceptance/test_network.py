@@ -1,6 +1,6 @@
 """A real four-tier network: four ``gateway serve`` processes over real HTTPS, SQLite each.
 
-The layout is :data:`gateway.devnet.QUANG_NINH`::
+The layout is :data:`gateway.dev.network.QUANG_NINH`::
 
     central (000.00.00.G22, 000.00.00.G12)
       └ h49 (000.00.00.H49)
@@ -47,17 +47,17 @@ from network_support import (
     wait_status,
 )
 
-from adapters.peer import RELAY_CONTENT_TYPE, RELAY_PATH, RelayItem, encode_batch
-from gateway.devnet import GATEWAY, Network, NodeSpec, wait_for
+from gateway.dev.network import GATEWAY, Network, NodeSpec, wait_for
+from gateway.dev.pki import issue
 from gateway.errors import (
     EnvelopeTampered,
     HopSignatureInvalid,
     SignatureValueMismatch,
 )
-from gateway.hops import sign_hop, verify_hops, verify_notice
-from gateway.pki import issue
-from gateway.receipts import verify_receipt
-from gateway.verification import Verifier, VerifyPolicy
+from gateway.evidence.hops import sign_hop, verify_hops, verify_notice
+from gateway.evidence.receipts import verify_receipt
+from gateway.network.wire import RELAY_CONTENT_TYPE, RELAY_PATH, RelayItem, encode_batch
+from gateway.trust.verification import Verifier, VerifyPolicy
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """A four-node network under chaos: nodes SIGKILLed at random, one node cut off, then frozen.
 
-Real ``gateway serve`` processes (:class:`gateway.devnet.Network`, the Quảng Ninh layout:
+Real ``gateway serve`` processes (:class:`gateway.dev.network.Network`, the Quảng Ninh layout:
 central > h49 > h49-halong > h49-bachdang), each with its own SQLite database.
 
 * **chaos**: client threads push pre-signed documents from several agencies, up and down the
@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.devnet import Network, wait_for
+from gateway.dev.network import Network, wait_for
 
 G22 = "000.00.00.G22"  # Government Office, on central
 G12 = "000.00.00.G12"  # on central

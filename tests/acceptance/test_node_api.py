@@ -22,12 +22,12 @@ from harness import GATEWAY, H49, H49_A, H49_B, RunningNode
 from sqlalchemy import select, update
 from support import ATTACKS, INTEROP, DevPKI
 
-from gateway import db
-from gateway.pki import revoke
-from gateway.receipts import verify_receipt
+from gateway.dev.pki import revoke
+from gateway.evidence.receipts import verify_receipt
 from gateway.settings import load_settings
-from gateway.tables import audit_log
-from gateway.trust import TrustStore
+from gateway.storage import db
+from gateway.storage.tables import audit_log
+from gateway.trust.store import TrustStore
 
 
 def push(n: RunningNode, agency: str, body: bytes, path: str = "/api/v1/documents"):

@@ -1,6 +1,6 @@
 """Two gateway processes on one PostgreSQL database drain one backlog: every document once.
 
-A two-node network (:class:`gateway.devnet.Network`): ``central`` hosting G12 and its child
+A two-node network (:class:`gateway.dev.network.Network`): ``central`` hosting G12 and its child
 ``h49`` hosting H49, h49 on a fresh PostgreSQL database. With central stopped, H49 pushes a
 backlog of documents for G12 into h49. A SECOND ``gateway serve`` process for h49 starts on the
 same database (a copy of its settings file with another port: same node, certificate and
@@ -41,8 +41,8 @@ from pg import SKIP_REASON, postgres_url, temporary_database
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from gateway.devnet import GATEWAY, Network, NodeSpec, free_port, wait_for
-from gateway.tables import audit_log, deliveries, documents
+from gateway.dev.network import GATEWAY, Network, NodeSpec, free_port, wait_for
+from gateway.storage.tables import audit_log, deliveries, documents
 
 G12 = "000.00.00.G12"
 H49 = "000.00.00.H49"

@@ -1,6 +1,6 @@
 """A node served by several worker processes (``[server] workers = 2``), as a user runs one.
 
-A two-node network (:class:`gateway.devnet.Network`): ``central`` hosting G12 and its child
+A two-node network (:class:`gateway.dev.network.Network`): ``central`` hosting G12 and its child
 ``h49`` hosting H49, h49 run by a supervisor and two workers on SQLite, its dispatcher ticking
 only once a minute, so that a document reaches central within seconds only if the worker that
 stored it woke the primary's dispatcher through the supervisor's pipe. Then the supervision:
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.devnet import Network, NodeSpec, wait_for
+from gateway.dev.network import Network, NodeSpec, wait_for
 
 G12 = "000.00.00.G12"
 H49 = "000.00.00.H49"
@@ -204,7 +204,7 @@ def test_a_killed_supervisor_takes_its_workers_with_it(net: Network) -> None:
 _BROKEN_WORKER = """
 import sys
 from pathlib import Path
-from gateway import supervisor
+from gateway.api import supervisor
 from gateway.logs import configure
 from gateway.settings import load_settings
 

@@ -3,7 +3,7 @@
 The node is a province node (``limits-node``) hosting :data:`H49`, whose parent is
 :data:`PARENT` (a neighbour: may relay) and which knows nothing of :data:`STRANGER` (a node of
 the same PKI: passes TLS, may not relay). uvicorn runs with the gateway's own protocol classes
-(:func:`gateway.server.make_config`), so the ``[server]`` limits apply as in production.
+(:func:`gateway.api.server.make_config`), so the ``[server]`` limits apply as in production.
 
 Usage::
 
@@ -28,12 +28,12 @@ import httpx
 import uvicorn
 from support import DevPKI
 
-from gateway import db
-from gateway.api import create_app
-from gateway.devnode import write_node_config
-from gateway.node import Node
-from gateway.server import make_config
+from gateway.api.app import create_app
+from gateway.api.server import make_config
+from gateway.dev.nodeconfig import write_node_config
+from gateway.node.container import Node
 from gateway.settings import load_settings
+from gateway.storage import db
 
 NODE = "limits-node"
 PARENT = "parent-node"

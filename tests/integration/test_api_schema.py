@@ -1,11 +1,11 @@
 """schemathesis against the node's own OpenAPI: the JSON endpoints answer as documented.
 
-The app under test is built in-process (``create_app``) over a real :class:`~gateway.node.Node`:
-settings loaded from a TOML file written here, a temporary SQLite database migrated to head, the
-session dev PKI, two seeded documents. Callers are identified by the real
-:func:`~gateway.identity.require_identity` code path: an ASGI middleware puts the caller's
-certificate in ``scope["extensions"]["tls"]``, as :mod:`gateway.server`'s protocols do. Each
-operation is run as a hosted agency, as the node itself, without a certificate and with an
+The app under test is built in-process (``create_app``) over a real
+:class:`~gateway.node.container.Node`: settings loaded from a TOML file written here, a temporary
+SQLite database migrated to head, the session dev PKI, two seeded documents. Callers are identified
+by the real :func:`~gateway.api.auth.require_identity` code path: an ASGI middleware puts the
+caller's certificate in ``scope["extensions"]["tls"]``, as :mod:`gateway.api.server`'s protocols
+do. Each operation is run as a hosted agency, as the node itself, without a certificate and with an
 untrusted one.
 
 Every request schemathesis makes (valid and invalid parameters, unknown and seeded document ids,
@@ -43,13 +43,13 @@ import schemathesis
 from hypothesis import strategies as st
 from support import DevPKI
 
-from gateway import db
-from gateway.api import create_app
-from gateway.devnode import write_node_config
-from gateway.identity import identify
-from gateway.ingest import ingest_document
-from gateway.node import Node
+from gateway.api.app import create_app
+from gateway.api.auth import identify
+from gateway.dev.nodeconfig import write_node_config
+from gateway.node.container import Node
+from gateway.node.ingest import ingest_document
 from gateway.settings import Settings, load_settings
+from gateway.storage import db
 
 NODE_NAME = "schema-node"
 #: the agencies the node hosts; the agency caller is H49

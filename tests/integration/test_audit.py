@@ -23,7 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 from support import DevPKI
 
-from gateway.audit import (
+from gateway.cli.audit import audit as audit_cli
+from gateway.errors import AuditChainBroken, ConfigError
+from gateway.evidence.audit import (
     GENESIS_HASH,
     AuditReport,
     append,
@@ -33,11 +35,9 @@ from gateway.audit import (
     entry_hash,
     verify,
 )
-from gateway.cli_audit import audit as audit_cli
-from gateway.errors import AuditChainBroken, ConfigError
-from gateway.nodekey import NodeKey
-from gateway.tables import audit_checkpoints, audit_log, metadata
-from gateway.trust import TrustStore
+from gateway.evidence.nodekey import NodeKey
+from gateway.storage.tables import audit_checkpoints, audit_log, metadata
+from gateway.trust.store import TrustStore
 
 PG_ENV = "GATEWAY_TEST_POSTGRES_URL"
 NODE = "audit-node"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench_hostile import run_hostile_bench
-from gateway.hostile import CASES
+from gateway.bench.hostile import run_hostile_bench
+from gateway.dev.hostile import CASES
 
 #: small classes, so the run stays short; the bench itself runs every class by default
 CLASSES = (

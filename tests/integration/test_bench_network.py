@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench_network import run_network_bench
+from gateway.bench.network import run_network_bench
 
 ROWS = (
     "baseline: commune ingest docs/s",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench_node import run_node_bench
+from gateway.bench.node import run_node_bench
 
 ROWS = (
     "documents/s",

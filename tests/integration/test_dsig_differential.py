@@ -1,6 +1,6 @@
 """The gateway's XMLDSig core against two independent verifiers, on one corpus.
 
-``gateway.dsig`` verifies only the pinned signature shape, without signxml's re-parsing. This
+``gateway.trust.dsig`` verifies only the pinned signature shape, without signxml's re-parsing. This
 test is the reason to trust it: over valid signatures (ours, xmlsec1's, inclusive and
 exclusive C14N, RSA and ECDSA) and many tampered variants, it must accept exactly what
 ``xmlsec1 --verify`` accepts, and, where signxml is not hit by the libxml2 inclusive-C14N bug,
@@ -34,11 +34,11 @@ from test_interop_xmlsec1 import (
     ecdsa_form,
 )
 
-from gateway.dsig import verify_enveloped
+from gateway.envelope.xmlsafe import parse_bytes
 from gateway.errors import SignatureError
-from gateway.signing import sign_package
-from gateway.sigstructure import inspect_signature
-from gateway.xmlsafe import parse_bytes
+from gateway.trust.dsig import verify_enveloped
+from gateway.trust.signing import sign_package
+from gateway.trust.sigstructure import inspect_signature
 
 E = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
 DS = "http://www.w3.org/2000/09/xmldsig#"

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from served import H49, NODE, PARENT, Served, serve_node
 from support import DevPKI
 
-from adapters.peer import RELAY_CONTENT_TYPE
-from gateway.api import LastResort
+from gateway.api.app import LastResort
 from gateway.errors import InternalError, all_error_classes
+from gateway.network.wire import RELAY_CONTENT_TYPE
 
 #: every code the API may answer with: the error tree's, and Starlette's own 404/405
 CODES = {cls.code for cls in all_error_classes()} | {"NOT_FOUND", "METHOD_NOT_ALLOWED"}

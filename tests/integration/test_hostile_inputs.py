@@ -1,7 +1,7 @@
 """Hostile packages sent to a real node's ingest and to the verifier: refused, never stored.
 
 Each class the hostile-input review found is grafted into a validly signed document (see
-``tests/hostile.py``), then handed to :func:`~gateway.ingest.ingest_document` on a real node
+``tests/hostile.py``), then handed to :func:`~gateway.node.ingest.ingest_document` on a real node
 (SQLite, migrated, the session dev PKI) and to ``gateway verify``. Every refusal must carry the
 class's stable code, store nothing but the refusal's audit entry, and stop before the expensive
 steps (schema, canonicalisation, signature). No test here asserts a time: the benchmark in
@@ -28,19 +28,19 @@ from lxml import etree
 from sqlalchemy import func, select
 from support import DevPKI
 
-from gateway import db
 from gateway.agency import AgencyCode
-from gateway.devnode import write_node_config
-from gateway.envelope import EDXML_NS
+from gateway.dev.hostile import CASES, into_root_tag
+from gateway.dev.nodeconfig import write_node_config
+from gateway.envelope.model import EDXML_NS
 from gateway.errors import GatewayError
-from gateway.hostile import CASES, into_root_tag
-from gateway.identity import Identity
-from gateway.ingest import ingest_document
-from gateway.node import Node
+from gateway.node.container import Node
+from gateway.node.ingest import ingest_document
 from gateway.settings import load_settings
-from gateway.signing import sign_package
-from gateway.tables import audit_log, deliveries, documents
-from gateway.verification import CHECK_NAMES, Verifier, VerifyPolicy
+from gateway.storage import db
+from gateway.storage.tables import audit_log, deliveries, documents
+from gateway.trust.caller import Identity
+from gateway.trust.signing import sign_package
+from gateway.trust.verification import CHECK_NAMES, Verifier, VerifyPolicy
 
 H49 = "000.00.00.H49"
 G12 = "000.00.00.G12"

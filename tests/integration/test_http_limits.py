@@ -20,9 +20,9 @@ import pytest
 from served import H49, NODE, PARENT, STRANGER, Served, serve_node
 from support import DevPKI
 
-from adapters.peer import RELAY_CONTENT_TYPE
-from gateway.api import CallerQueues
-from gateway.server import HTTPLimits, TLSH11Protocol, TLSHttpToolsProtocol, make_config
+from gateway.api.app import CallerQueues
+from gateway.api.server import HTTPLimits, TLSH11Protocol, TLSHttpToolsProtocol, make_config
+from gateway.network.wire import RELAY_CONTENT_TYPE
 
 #: short timeouts, so that the timeout tests take about a second
 TIMEOUT = 0.5
@@ -375,7 +375,7 @@ def test_an_idle_kept_alive_connection_outlives_the_head_timeout(served: Served)
 def test_make_config_gives_either_protocol_the_server_settings(
     http: str, pki: DevPKI, tmp_path: Path
 ) -> None:
-    from gateway.devnode import write_node_config
+    from gateway.dev.nodeconfig import write_node_config
     from gateway.settings import load_settings
 
     config = write_node_config(

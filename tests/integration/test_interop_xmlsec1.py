@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 from support import G22, H41, DevPKI, sample
 
-from gateway.keypolicy import curve_order
-from gateway.signing import VIETNAM_TZ, sign_package
+from gateway.trust.keypolicy import curve_order
+from gateway.trust.signing import VIETNAM_TZ, sign_package
 
 XMLSEC1 = shutil.which("xmlsec1")
 DS = "http://www.w3.org/2000/09/xmldsig#"

@@ -27,9 +27,10 @@ from sqlalchemy import func, select
 from support import DevPKI
 from test_interop_xmlsec1 import ecdsa_form
 
-from gateway import db
 from gateway.agency import AgencyCode
-from gateway.devnode import write_node_config
+from gateway.api.auth import identify
+from gateway.dev.nodeconfig import write_node_config
+from gateway.dev.samples import document
 from gateway.errors import (
     AgencyCodeError,
     CertificateKeyWeak,
@@ -39,18 +40,18 @@ from gateway.errors import (
     SignatureNonCanonical,
     UsageError,
 )
-from gateway.hops import sign_hop, verify_hops
-from gateway.identity import Identity, identify
-from gateway.ingest import ingest_document
-from gateway.keypolicy import curve_order, is_low_s
-from gateway.node import Node
-from gateway.nodekey import NodeKey, canonical_json, check_signature, verify_signature
-from gateway.receipts import make_receipt, verify_receipt
-from gateway.samples import document
+from gateway.evidence.hops import sign_hop, verify_hops
+from gateway.evidence.nodekey import NodeKey, canonical_json, check_signature, verify_signature
+from gateway.evidence.receipts import make_receipt, verify_receipt
+from gateway.node.container import Node
+from gateway.node.ingest import ingest_document
 from gateway.settings import Settings, TLSSettings, TrustSettings, load_settings
-from gateway.signing import SigningKey, sign_package
-from gateway.tables import audit_log, documents
-from gateway.trust import agency_code_of
+from gateway.storage import db
+from gateway.storage.tables import audit_log, documents
+from gateway.trust.caller import Identity
+from gateway.trust.keypolicy import curve_order, is_low_s
+from gateway.trust.signing import SigningKey, sign_package
+from gateway.trust.store import agency_code_of
 
 H49 = "000.00.07.H49"  # codes of their own: the session PKI is shared with other modules
 G12 = "000.00.07.G12"

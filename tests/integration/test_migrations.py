@@ -1,7 +1,7 @@
 """Alembic migrations on real databases (SQLite, and PostgreSQL when configured).
 
-Every migration applied in turn must give exactly the schema ``gateway.tables`` describes, be
-reversible, and a node must refuse a database that is not at the code's head, saying how to
+Every migration applied in turn must give exactly the schema ``gateway.storage.tables`` describes,
+be reversible, and a node must refuse a database that is not at the code's head, saying how to
 fix it.
 """
 
@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from gateway.cli_db import db
-from gateway.db import (
+from gateway.cli.db import db
+from gateway.errors import DatabaseNotMigrated
+from gateway.storage.db import (
     alembic_config,
     current_revision,
     downgrade,
@@ -30,8 +31,7 @@ from gateway.db import (
     require_current,
     upgrade,
 )
-from gateway.errors import DatabaseNotMigrated
-from gateway.tables import metadata
+from gateway.storage.tables import metadata
 
 
 @pytest.fixture
@@ -42,7 +42,8 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
 
 
 def schema_differences(engine: Engine) -> list[object]:
-    """What Alembic autogenerate would change to reach ``gateway.tables`` ([] when identical)."""
+    """What Alembic autogenerate would change to reach ``gateway.storage.tables`` ([] when
+    identical)."""
     with engine.connect() as conn:
         return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
@@ -114,7 +115,8 @@ def test_a_database_migrated_by_a_newer_gateway_is_refused(engine: Engine) -> No
 def test_concurrent_upgrades_from_several_processes_migrate_once(db_url: str) -> None:
     """Processes started together all upgrade: one migrates, the others wait and find it done."""
     script = (
-        "import sys; from pathlib import Path; from gateway.db import engine_from_url, upgrade; "
+        "import sys; from pathlib import Path; "
+        "from gateway.storage.db import engine_from_url, upgrade; "
         "upgrade(engine_from_url(sys.argv[1], Path.cwd()))"
     )
     procs = [

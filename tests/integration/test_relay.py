@@ -1,8 +1,8 @@
 """The outbox and the relay, in one process: two nodes, real databases, the real framing.
 
 The transport between them is the only stand-in: it hands the encoded batch to the other
-node's :func:`gateway.relay.receive_batch` (the HTTPS path is covered by the acceptance tests),
-or raises :class:`PeerUnavailable` as a dead network would. The sending node runs on each
+node's :func:`gateway.network.relay.receive_batch` (the HTTPS path is covered by the acceptance
+tests), or raises :class:`PeerUnavailable` as a dead network would. The sending node runs on each
 engine (``db_url``); the receiving node on SQLite.
 """
 
@@ -22,22 +22,22 @@ from factory import document, signed
 from sqlalchemy import func, select
 from support import DevPKI
 
-from adapters.peer import ItemResult, RelayItem, decode_batch, encode_batch
-from gateway import db
-from gateway.admin import list_deliveries, requeue
-from gateway.delivery import Dispatcher
-from gateway.devnode import write_node_config
+from gateway.dev.nodeconfig import write_node_config
 from gateway.errors import PeerUnavailable
-from gateway.hops import verify_hops, verify_notice
-from gateway.identity import Identity
-from gateway.inbox import fetch, list_inbox, status_view
-from gateway.ingest import ingest_document
-from gateway.node import Node
-from gateway.receipts import verify_receipt
-from gateway.relay import receive_batch
-from gateway.routing import Peer
+from gateway.evidence.hops import verify_hops, verify_notice
+from gateway.evidence.receipts import verify_receipt
+from gateway.network.dispatcher import Dispatcher
+from gateway.network.relay import receive_batch
+from gateway.network.routing import Peer
+from gateway.network.wire import ItemResult, RelayItem, decode_batch, encode_batch
+from gateway.node.admin import list_deliveries, requeue
+from gateway.node.container import Node
+from gateway.node.inbox import fetch, list_inbox, status_view
+from gateway.node.ingest import ingest_document
 from gateway.settings import load_settings
-from gateway.tables import audit_log, deliveries, documents, hops
+from gateway.storage import db
+from gateway.storage.tables import audit_log, deliveries, documents, hops
+from gateway.trust.caller import Identity
 
 G12 = "000.00.00.G12"
 H49 = "000.00.00.H49"

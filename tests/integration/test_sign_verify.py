@@ -10,10 +10,10 @@ import pytest
 from lxml import etree
 from support import G22, H41, DevPKI, sample
 
-from gateway.pki import issue, revoke
-from gateway.signing import SigningKey, sign_package
-from gateway.trust import TrustStore
-from gateway.verification import CHECK_NAMES, Verifier, VerifyPolicy
+from gateway.dev.pki import issue, revoke
+from gateway.trust.signing import SigningKey, sign_package
+from gateway.trust.store import TrustStore
+from gateway.trust.verification import CHECK_NAMES, Verifier, VerifyPolicy
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -12,7 +12,7 @@ from lxml import etree
 from support import ATTACKS, G22, DevPKI, sample
 from wrapping import VARIANTS
 
-from gateway.signing import sign_package
+from gateway.trust.signing import sign_package
 
 STATIC = sorted(VARIANTS)
 

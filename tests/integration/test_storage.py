@@ -21,11 +21,18 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from gateway import db as gateway_db
-from gateway.db import engine_from_url, make_engine, ping, read_only, require_current, upgrade
 from gateway.errors import ConfigError, DatabaseUnavailable
 from gateway.settings import load_settings
-from gateway.tables import deliveries, documents
+from gateway.storage import db as gateway_db
+from gateway.storage.db import (
+    engine_from_url,
+    make_engine,
+    ping,
+    read_only,
+    require_current,
+    upgrade,
+)
+from gateway.storage.tables import deliveries, documents
 
 UTC = dt.UTC
 HANOI = dt.timezone(dt.timedelta(hours=7))

@@ -1,8 +1,8 @@
 """HTTPS with client certificates, end to end: real uvicorn, real TLS, real curl and httpx.
 
 A tiny FastAPI app (``make_app``) answers ``/whoami`` with the identity that
-``gateway.identity.require_identity`` found, and ``/healthz`` without authentication. Servers
-run in a thread for speed; ``test_subprocess_server_with_curl`` runs ``gateway.server.run`` in
+``gateway.api.auth.require_identity`` found, and ``/healthz`` without authentication. Servers
+run in a thread for speed; ``test_subprocess_server_with_curl`` runs ``gateway.api.server.run`` in
 a real child process.
 """
 
@@ -35,10 +35,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from gateway.api.auth import identify, require_identity
+from gateway.api.server import make_config, make_ssl_context
+from gateway.dev.pki import CAPaths, IssuedPaths, init_ca, issue, revoke
 from gateway.errors import ConfigError, GatewayError
-from gateway.identity import Identity, identify, require_identity
-from gateway.pki import CAPaths, IssuedPaths, init_ca, issue, revoke
-from gateway.server import make_config, make_ssl_context
 from gateway.settings import (
     ServerSettings,
     Settings,
@@ -46,7 +46,8 @@ from gateway.settings import (
     TrustSettings,
     load_settings,
 )
-from gateway.trust import TrustStore
+from gateway.trust.caller import Identity
+from gateway.trust.store import TrustStore
 
 H49 = "000.00.00.H49"
 H41 = "000.00.00.H41"  # revoked
@@ -96,7 +97,7 @@ def make_app(settings: Settings) -> FastAPI:
 
 def _serve_main(settings_path: str, ready_file: str) -> None:
     """Entry point of the child process in ``test_subprocess_server_with_curl``."""
-    from gateway.server import run
+    from gateway.api.server import run
 
     settings = load_settings(Path(settings_path))
     run(make_app(settings), settings, ready_file=Path(ready_file))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway import db
 from gateway.errors import DatabaseUnavailable
-from gateway.tables import peers
+from gateway.storage import db
+from gateway.storage.tables import peers
 
 _HOLD = """
 import fcntl, os, sys, time

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from gateway.codec import build_document, build_package, build_status, parse_package
-from gateway.envelope import (
+from gateway.envelope.codec import build_document, build_package, build_status, parse_package
+from gateway.envelope.model import (
     DSIG_NS,
     EDXML_NS,
     VIETNAM_TZ,

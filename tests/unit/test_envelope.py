@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from gateway.agency import AgencyCode
-from gateway.envelope import (
+from gateway.envelope.model import (
     VIETNAM_TZ,
     Attachment,
     BusinessDocType,

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from lxml import etree
 from support import DevPKI
 
+from gateway.envelope.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
 from gateway.errors import GatewayError, XMLError
-from gateway.signing import sign_package
-from gateway.verification import Verifier
-from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
+from gateway.trust.signing import sign_package
+from gateway.trust.verification import Verifier
 
 FUZZ = settings(
     max_examples=200,

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from support import DevPKI
 
-from adapters.peer import RelayItem, decode_batch, encode_batch
 from gateway.errors import (
     EnvelopeTampered,
     HopChainBroken,
@@ -19,7 +18,8 @@ from gateway.errors import (
     RelayMalformed,
     RouteLoop,
 )
-from gateway.hops import hop_digest, sign_hop, sign_notice, verify_hops, verify_notice
+from gateway.evidence.hops import hop_digest, sign_hop, sign_notice, verify_hops, verify_notice
+from gateway.network.wire import RelayItem, decode_batch, encode_batch
 
 BODY = b"<edXML>the envelope, byte for byte</edXML>"
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -1,4 +1,4 @@
-"""The signer key policy (gateway.keypolicy): which keys are admitted, and low-S ECDSA."""
+"""The signer key policy (gateway.trust.keypolicy): which keys are admitted, and low-S ECDSA."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, u
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import CertificateKeyWeak, SignatureNonCanonical
-from gateway.keypolicy import (
+from gateway.trust.keypolicy import (
     ADMITTED_CURVES,
     KeyType,
     check_certificate_key,

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import pki
 from gateway.agency import AgencyCode
-from gateway.cli_pki import pki as pki_cli
+from gateway.cli.pki import pki as pki_cli
+from gateway.dev import pki
 from gateway.errors import UsageError
-from gateway.trust import TrustStore, agency_code_of, node_name_of
+from gateway.trust.store import TrustStore, agency_code_of, node_name_of
 
 AGENCY = "000.00.00.H49"
 

@@ -24,8 +24,8 @@ from gateway.errors import (
     SignerUnbound,
     UnsupportedAlgorithm,
 )
-from gateway.nodekey import Algorithm, NodeKey, canonical_json, verify_signature
-from gateway.receipts import RECEIPT_FIELDS, make_receipt, verify_receipt
+from gateway.evidence.nodekey import Algorithm, NodeKey, canonical_json, verify_signature
+from gateway.evidence.receipts import RECEIPT_FIELDS, make_receipt, verify_receipt
 
 EC_NODE, RSA_NODE = "receipt-ec", "receipt-rsa"
 G22 = "000.00.00.G22"
@@ -64,7 +64,7 @@ def receipt_for(key: NodeKey, **overrides: Any) -> dict[str, Any]:
 
 
 def _bound_name(key: NodeKey) -> str:
-    from gateway.binding import node_name_of
+    from gateway.trust.binding import node_name_of
 
     name = node_name_of(key.certificate)
     assert name is not None

@@ -1,4 +1,5 @@
-"""Four-tier routing (gateway.routing): next hops, fan-out, directory checks, random trees."""
+"""Four-tier routing (gateway.network.routing): next hops, fan-out, directory checks, random
+trees."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.agency import AgencyCode
 from gateway.errors import AgencyCodeError, ConfigError, RecipientUnreachable
-from gateway.routing import LOCAL, TIERS, Directory, Peer, would_loop
+from gateway.network.routing import LOCAL, TIERS, Directory, Peer, would_loop
 
 G22 = "000.00.00.G22"  # Văn phòng Chính phủ
 G12 = "000.00.00.G12"  # a ministry
@@ -86,7 +87,7 @@ def walk(directories: dict[str, Directory], start: str, recipient: str) -> Walk:
 
 
 def test_local_is_the_value_gateway_node_uses() -> None:
-    from gateway import node
+    from gateway.node import container as node
 
     assert LOCAL == node.LOCAL == "local"
 

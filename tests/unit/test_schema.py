@@ -1,4 +1,5 @@
-"""The edXML schemas (xsd/) and gateway.schema: what they accept, what they refuse, and how."""
+"""The edXML schemas (xsd/) and gateway.envelope.schema: what they accept, what they refuse, and
+how."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 import xmlschema
 from lxml import etree
 
-from gateway import errors, schema
-from gateway.envelope import DSIG_NS, EDXML_NS, PackageKind
+from gateway import errors
+from gateway.envelope import schema
+from gateway.envelope.model import DSIG_NS, EDXML_NS, PackageKind
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 INTEROP = DATA / "interop"

@@ -1,4 +1,4 @@
-"""The per-recipient timeline: transport states and business statuses (gateway.status)."""
+"""The per-recipient timeline: transport states and business statuses (gateway.node.status)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.envelope import StatusCode
+from gateway.envelope.model import StatusCode
 from gateway.errors import AgencyCodeError, StatusError, StatusNotAllowed, StatusTransitionInvalid
-from gateway.status import (
+from gateway.node.status import (
     Event,
     Requeue,
     StatusReport,

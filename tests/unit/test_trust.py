@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway import pki
 from gateway.agency import AgencyCode
+from gateway.dev import pki
 from gateway.errors import (
     CertificateNotValidAtSigning,
     CertificateRevoked,
@@ -24,7 +24,7 @@ from gateway.errors import (
     SignerUnbound,
     UsageError,
 )
-from gateway.trust import TrustStore, agency_code_of, describe, node_name_of
+from gateway.trust.store import TrustStore, agency_code_of, describe, node_name_of
 
 AGENCY = "000.00.00.H49"
 

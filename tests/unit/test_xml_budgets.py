@@ -1,4 +1,5 @@
-"""The input budgets of ``gateway.xmlsafe.parse_bytes``: each class refused with its own code.
+"""The input budgets of ``gateway.envelope.xmlsafe.parse_bytes``: each class refused with its own
+code.
 
 Every budget is counted in one pass while parsing, so a refused package never becomes a whole
 tree. Hostile packages are generated here (``tests/hostile.py``), never committed.
@@ -20,7 +21,9 @@ import pytest
 from lxml import etree
 from support import DOCUMENT_SAMPLES, STATUS_SAMPLES, sample
 
-from gateway.envelope import EDXML_NS
+from gateway.dev.hostile import CASES, inject, into_root_tag
+from gateway.envelope.model import EDXML_NS
+from gateway.envelope.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
 from gateway.errors import (
     MalformedXML,
     XMLError,
@@ -30,8 +33,6 @@ from gateway.errors import (
     XMLTooManyElements,
     XMLTooManyNamespaces,
 )
-from gateway.hostile import CASES, inject, into_root_tag
-from gateway.xmlsafe import DEFAULT_LIMITS, INTERNAL_PARSER, XMLLimits, parse_bytes
 
 H49 = "000.00.00.H49"
 G12 = "000.00.00.G12"
@@ -228,7 +229,7 @@ _RSS = textwrap.dedent(
     import resource, sys
     sys.path[:0] = {paths!r}
     from gateway.errors import XMLError
-    from gateway.xmlsafe import parse_bytes
+    from gateway.envelope.xmlsafe import parse_bytes
     data = {build}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
@@ -273,8 +274,8 @@ def _bench() -> None:  # pragma: no cover - run by hand
     import contextlib
     import timeit
 
+    from gateway.dev.hostile import normal_of_size
     from gateway.errors import GatewayError
-    from gateway.hostile import normal_of_size
 
     plain = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
     base = factory.document(H49, [G12])

@@ -6,7 +6,8 @@ import pytest
 from lxml import etree
 from support import ATTACKS, INTEROP
 
-from gateway.envelope import EDXML_NS
+from gateway.envelope.model import EDXML_NS
+from gateway.envelope.xmlsafe import XMLLimits, parse_bytes
 from gateway.errors import (
     DoctypeForbidden,
     MalformedXML,
@@ -16,7 +17,6 @@ from gateway.errors import (
     XMLTooLarge,
     XMLTooManyElements,
 )
-from gateway.xmlsafe import XMLLimits, parse_bytes
 
 HOSTILE = {
     "xxe_file.edxml": "XML_EXTERNAL_ENTITY",

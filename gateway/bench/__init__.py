@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: envelopes, one node, the network, hostile input."""

@@ -1,1 +1,0 @@
-"""Alembic migrations of the node's database (configured from code: :mod:`gateway.db`)."""

@@ -1,1 +1,0 @@
-"""One module per migration, applied in order by :func:`gateway.db.upgrade`."""

@@ -1,0 +1,608 @@
+"""Delivery to neighbour nodes: the dispatcher that sends the outbox, retries and trips.
+
+A delivery row (:mod:`gateway.network.outbox`) whose ``next_hop`` is a peer and whose
+``next_attempt_at`` is set is waiting to be sent. The :class:`Dispatcher` (ticked by
+APScheduler, woken at once by a new package) works one peer at a time per process:
+
+1. **claim** the oldest waiting rows for the peer (document order), if the first is due:
+   ``FOR UPDATE SKIP LOCKED`` on PostgreSQL plus a lease (``leased_by``, ``lease_until``), so two
+   dispatcher processes never send one row at once and a dead worker's rows come back when its
+   lease runs out;
+2. **send** them as one relay batch (:mod:`adapters.peer`), each package with its hop chain and
+   a new hop record signed by this node;
+3. **record** each peer receipt (checked: signature, node, digest) with the hop record, and mark
+   the rows ``in_transit`` at the peer; or, for a refusal with a stable code, **dead-letter** the
+   rows and send the sender a failure notice; or, when the peer is unreachable, answers 5xx or
+   times out, schedule the next attempt: exponential backoff with jitter, capped (tenacity's
+   wait functions compute it), stored in the row.
+
+A **circuit breaker** per peer: after ``breaker_threshold`` consecutive failures the peer is
+"down" and only probed every ``breaker_probe_interval`` seconds (a probe does not use up a row's
+attempts); when a probe succeeds every waiting row for that peer is made due at once, so the
+backlog drains at full speed rather than at each row's backoff. After ``max_attempts`` attempts or
+``max_age`` seconds a delivery is dead-lettered, the sender is notified, and an admin can
+requeue it (:func:`gateway.node.admin.requeue`).
+
+Usage::
+
+    dispatcher = Dispatcher(node, HttpsPeerTransport(settings))
+    dispatcher.run_peer("h49-province")       # what the scheduler's job calls
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import tenacity
+from sqlalchemy import and_, bindparam, or_, select, update
+
+from gateway.errors import GatewayError, PeerUnavailable
+from gateway.evidence import audit
+from gateway.evidence.hops import sign_hop, trusted_chain
+from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
+from gateway.evidence.receipts import verify_receipt
+from gateway.network.outbox import WAITING_STATES, dead_letter, transport_event
+from gateway.network.routing import Peer
+from gateway.network.wire import ItemResult, RelayItem
+from gateway.node.container import Node
+from gateway.node.status import TransportState
+from gateway.storage.tables import deliveries, documents, events, hops
+
+__all__ = ["Dispatcher", "Transport", "backoff"]
+
+log = structlog.get_logger("gateway.delivery")
+
+_INSERT_EVENTS = events.insert()
+_INSERT_HOPS = hops.insert()
+
+
+class Transport(Protocol):
+    """Sends a relay batch to a peer (:class:`adapters.peer.HttpsPeerTransport`)."""
+
+    def send(self, peer: Peer, items: Sequence[RelayItem]) -> list[ItemResult]: ...
+
+
+def backoff(node: Node, attempts: int) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: exponential, capped, with jitter."""
+    delivery = node.settings.delivery
+    wait = tenacity.wait_exponential(
+        multiplier=delivery.backoff_initial, max=delivery.backoff_max
+    ) + tenacity.wait_random(0, delivery.backoff_jitter)
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempts)
+    return float(wait(state))
+
+
+_MARK_IN_TRANSIT = (
+    update(deliveries)
+    .where(
+        and_(
+            deliveries.c.id.in_(bindparam("ids", expanding=True)),
+            deliveries.c.leased_by == bindparam("worker"),
+            deliveries.c.state.in_(WAITING_STATES),
+        )
+    )
+    .values(
+        state=TransportState.IN_TRANSIT.value,
+        next_attempt_at=None,
+        leased_by=None,
+        lease_until=None,
+        last_error=None,
+        attempts=deliveries.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(deliveries.c.document_seq, deliveries.c.recipient)
+)
+
+
+@dataclass(slots=True)
+class _Breaker:
+    failures: int = 0
+    open: bool = False
+    next_probe: float = 0.0
+
+
+@dataclass(slots=True)
+class _Claimed:
+    """Rows of one package claimed for one peer."""
+
+    seq: int
+    rows: list[Any]
+    item: RelayItem | None = None
+    record: dict[str, Any] | None = None
+    position: int = 0
+    sha256: str = ""
+    gid: str = ""
+
+
+@dataclass
+class Dispatcher:
+    """Sends waiting rows to peers; one instance per process, thread-safe per peer."""
+
+    node: Node
+    transport: Transport
+    worker: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+    #: called with a peer name to run its job now (the scheduler sets it)
+    waker: Callable[[str], None] | None = None
+    _breakers: dict[str, _Breaker] = field(default_factory=dict)
+    _running: set[str] = field(default_factory=set)
+    _dirty: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.node.on_wake(self.wake)
+
+    def release_leases(self) -> int:
+        """At start on SQLite (one process per database): rows this node's previous process
+        had claimed when it died are free again at once, not after their lease, so they keep
+        their place in the order. Not on PostgreSQL, where other live workers hold leases."""
+        if self.node.engine.dialect.name != "sqlite":
+            return 0
+        with self.node.writing() as conn:
+            released = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.leased_by.is_not(None))
+                .values(leased_by=None, lease_until=None)
+            ).rowcount
+        if released:
+            log.info("outbox.leases_released", rows=released)
+        return int(released or 0)
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def wake(self, peers: Iterable[str]) -> None:
+        """New rows for ``peers``: run their jobs now, or once more if they are running."""
+        for peer in peers:
+            with self._lock:
+                self._dirty.add(peer)
+                if peer in self._running:
+                    continue
+            if self.waker is not None:
+                self.waker(peer)
+
+    def breaker(self, peer: str) -> dict[str, Any]:
+        """The peer's circuit breaker as the admin API shows it."""
+        b = self._breakers.get(peer, _Breaker())
+        return {"state": "open" if b.open else "closed", "consecutive_failures": b.failures}
+
+    def run_peer(self, peer_name: str) -> int:
+        """Send everything due for one peer; the number of packages the peer accepted."""
+        directory = self.node.directory
+        peer = directory.peer(peer_name) if directory is not None else None
+        if peer is None:
+            return 0
+        with self._lock:
+            self._running.add(peer_name)
+            self._dirty.discard(peer_name)
+        sent = 0
+        try:
+            while True:
+                progress = self._once(peer)
+                sent += max(progress, 0)
+                if progress <= 0:
+                    with self._lock:
+                        if peer_name in self._dirty and progress == 0:
+                            self._dirty.discard(peer_name)
+                            continue
+                        self._running.discard(peer_name)
+                        return sent
+        except BaseException:
+            with self._lock:
+                self._running.discard(peer_name)
+            raise
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _once(self, peer: Peer) -> int:
+        """Claim, send and record one batch: packages accepted; 0 nothing due; -1 failure."""
+        breaker = self._breakers.setdefault(peer.name, _Breaker())
+        probe = False
+        if breaker.open:
+            if time.monotonic() < breaker.next_probe:
+                return -1
+            probe = True
+            breaker.next_probe = (
+                time.monotonic() + self.node.settings.delivery.breaker_probe_interval
+            )
+        claimed = self._claim(peer, probe=probe)
+        if not claimed:
+            return 0
+        try:
+            self._prepare(peer, claimed)
+            results = self.transport.send(peer, [c.item for c in claimed if c.item is not None])
+        except PeerUnavailable as exc:
+            self._failed(peer, claimed, exc, probe=probe)
+            return -1
+        except GatewayError as exc:
+            self._release(claimed)
+            log.error("outbox.prepare_failed", peer=peer.name, code=exc.code, message=exc.message)
+            return -1
+        except Exception:
+            self._release(claimed)
+            raise
+        return self._record(peer, claimed, results)
+
+    def _claim(self, peer: Peer, *, probe: bool) -> list[_Claimed]:
+        node = self.node
+        delivery = node.settings.delivery
+        now = node.now()
+        pending = and_(
+            deliveries.c.next_hop == peer.name,
+            deliveries.c.next_attempt_at.is_not(None),
+            deliveries.c.state.in_(WAITING_STATES),
+            or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+        )
+        head_query = (
+            select(deliveries.c.next_attempt_at)
+            .where(pending)
+            .order_by(deliveries.c.document_seq, deliveries.c.id)
+            .limit(1)
+        )
+        with node.reader.connect() as conn:
+            head = conn.execute(head_query).scalar()
+        if head is None or (not probe and head > now):
+            return []
+        query = (
+            select(
+                deliveries.c.id,
+                deliveries.c.document_seq,
+                deliveries.c.recipient,
+                deliveries.c.attempts,
+                deliveries.c.created_at,
+                deliveries.c.next_attempt_at,
+            )
+            .where(pending)
+            .order_by(deliveries.c.document_seq, deliveries.c.id)
+            .limit(1 if probe else delivery.batch_size)
+        )
+        if node.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with node.writing(chain=False) as conn:  # a claim writes no audit entry
+            rows = conn.execute(query).all()
+            if not rows or (not probe and rows[0].next_attempt_at > now):
+                return []
+            sizes = dict(
+                conn.execute(
+                    select(documents.c.seq, documents.c.size).where(
+                        documents.c.seq.in_({r.document_seq for r in rows})
+                    )
+                ).all()
+            )
+            claimed: list[_Claimed] = []
+            total = 0
+            for row in rows:
+                if claimed and claimed[-1].seq == row.document_seq:
+                    claimed[-1].rows.append(row)
+                    continue
+                total += sizes[row.document_seq]
+                if claimed and total > delivery.batch_bytes:
+                    break
+                claimed.append(_Claimed(seq=row.document_seq, rows=[row]))
+            ids = [r.id for c in claimed for r in c.rows]
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(ids))
+                .values(
+                    leased_by=self.worker,
+                    lease_until=now + dt.timedelta(seconds=delivery.lease),
+                )
+            )
+        return claimed
+
+    def _prepare(self, peer: Peer, claimed: list[_Claimed]) -> None:
+        """Read each package and its incoming hops; sign this node's hop record for it."""
+        node = self.node
+        seqs = [c.seq for c in claimed]
+        with node.reader.connect() as conn:
+            docs = {
+                r.seq: r
+                for r in conn.execute(
+                    select(
+                        documents.c.seq,
+                        documents.c.id,
+                        documents.c.kind,
+                        documents.c.sender,
+                        documents.c.document_id,
+                        documents.c.sha256,
+                        documents.c.envelope,
+                    ).where(documents.c.seq.in_(seqs))
+                )
+            }
+            incoming: dict[int, list[Any]] = {}
+            for r in conn.execute(
+                select(hops.c.document_seq, hops.c.digest, hops.c.record, hops.c.receipt)
+                .where(and_(hops.c.document_seq.in_(seqs), hops.c.direction == "in"))
+                .order_by(hops.c.document_seq, hops.c.position)
+            ):
+                incoming.setdefault(r.document_seq, []).append(r)
+        now = node.now()
+        for c in claimed:
+            doc = docs[c.seq]
+            chain = incoming.get(c.seq, [])
+            record = sign_hop(
+                node.key,
+                kind=doc.kind,
+                sender=doc.sender,
+                document_id=doc.document_id,
+                sha256=doc.sha256,
+                size=len(doc.envelope),
+                from_node=node.name,
+                to_node=peer.name,
+                recipients=[r.recipient for r in c.rows],
+                at=now,
+                prev=chain[-1].digest if chain else None,
+            )
+            c.record, c.position, c.sha256, c.gid = record, len(chain) + 1, doc.sha256, doc.id
+            c.item = RelayItem(
+                kind=doc.kind,
+                body=bytes(doc.envelope),
+                hops=[*(json.loads(h.record) for h in chain), record],
+                receipts=[json.loads(h.receipt) for h in chain],
+            )
+
+    def _release(self, claimed: list[_Claimed]) -> None:
+        with self.node.writing(chain=False) as conn:
+            conn.execute(
+                update(deliveries)
+                .where(
+                    and_(
+                        deliveries.c.id.in_([r.id for c in claimed for r in c.rows]),
+                        deliveries.c.leased_by == self.worker,
+                    )
+                )
+                .values(leased_by=None, lease_until=None)
+            )
+
+    def _failed(
+        self, peer: Peer, claimed: list[_Claimed], exc: GatewayError, *, probe: bool
+    ) -> None:
+        """The peer could not take the batch: reschedule (or dead-letter) its rows."""
+        node = self.node
+        delivery = node.settings.delivery
+        breaker = self._breakers.setdefault(peer.name, _Breaker())
+        breaker.failures += 1
+        tripped = False
+        if not breaker.open and breaker.failures >= delivery.breaker_threshold:
+            breaker.open = True
+            breaker.next_probe = time.monotonic() + delivery.breaker_probe_interval
+            tripped = True
+        now = node.now()
+        expired: list[Any] = []
+        woken: set[str] = set()
+        with node.writing() as conn:
+            for c in claimed:
+                for row in c.rows:
+                    attempts = row.attempts if probe else row.attempts + 1
+                    too_old = (now - row.created_at).total_seconds() >= delivery.max_age
+                    if attempts >= delivery.max_attempts or too_old:
+                        expired.append(row)
+                        continue
+                    conn.execute(
+                        update(deliveries)
+                        .where(
+                            and_(deliveries.c.id == row.id, deliveries.c.leased_by == self.worker)
+                        )
+                        .values(
+                            attempts=attempts,
+                            next_attempt_at=now
+                            + dt.timedelta(seconds=backoff(node, max(attempts, 1))),
+                            last_error=exc.message[:2000],
+                            leased_by=None,
+                            lease_until=None,
+                            updated_at=now,
+                        )
+                    )
+            if expired:
+                woken = dead_letter(
+                    conn,
+                    node,
+                    expired,
+                    code=PeerUnavailable.code,
+                    message=f"gave up after {delivery.max_attempts} attempts or "
+                    f"{delivery.max_age} s: {exc.message}",
+                    peer=peer.name,
+                    attempted=not probe,
+                )
+            if tripped:
+                audit.append(
+                    conn,
+                    event="peer_down",
+                    actor=f"node:{node.name}",
+                    subject=peer.name,
+                    data={"failures": breaker.failures, "error": exc.message[:500]},
+                )
+        log.warning(
+            "outbox.peer_failed",
+            peer=peer.name,
+            packages=len(claimed),
+            failures=breaker.failures,
+            breaker="open" if breaker.open else "closed",
+            error=exc.message,
+            probe=probe,
+        )
+        node.wake(woken)
+
+    def _record(self, peer: Peer, claimed: list[_Claimed], results: list[ItemResult]) -> int:
+        """Store the receipts of accepted items; dead-letter refused ones."""
+        node = self.node
+        now = node.now()
+        actor = f"node:{node.name}"
+        checked: list[tuple[_Claimed, ItemResult, str | None]] = []
+        items = [c for c in claimed if c.item is not None]
+        for c, result in zip(items, results, strict=True):
+            problem = None
+            if result.ok:
+                try:
+                    fields = verify_receipt(result.receipt or {}, trust=None)
+                    leaf, *extra = certificates_from_pem(str(result.receipt["certificate"]))  # type: ignore[index]
+                    trusted_chain(node.trust, leaf, extra, parse_utc(fields["received_at"]))
+                    if fields["node"] != peer.name or fields["sha256"] != c.sha256:
+                        problem = "the receipt names another node or other bytes"
+                except GatewayError as exc:
+                    problem = f"{exc.code}: {exc.message}"
+            checked.append((c, result, problem))
+        bad_receipts = [c for c, _, problem in checked if problem]
+        breaker = self._breakers.setdefault(peer.name, _Breaker())
+        recovered = breaker.failures > 0 or breaker.open
+        woken: set[str] = set()
+        accepted = 0
+        hop_rows: list[dict[str, Any]] = []
+        entries: list[audit.Entry] = []
+        moving: list[int] = []
+        sent_at: dict[int, dt.datetime] = {}
+        with node.writing() as conn:
+            for c, result, problem in checked:
+                if problem:
+                    continue
+                if not result.ok:
+                    woken |= dead_letter(
+                        conn,
+                        node,
+                        c.rows,
+                        code=result.code or "RELAY_ERROR",
+                        message=f"{peer.name} refused it: {result.message}",
+                        peer=peer.name,
+                        attempted=True,
+                    )
+                    continue
+                assert c.record is not None
+                accepted += 1
+                text = canonical_json(c.record)
+                digest = hashlib.sha256(text).hexdigest()  # = hop_digest(c.record)
+                hop_rows.append(
+                    {
+                        "document_seq": c.seq,
+                        "direction": "out",
+                        "position": c.position,
+                        "from_node": node.name,
+                        "to_node": peer.name,
+                        "at": now,
+                        "digest": digest,
+                        "record": text.decode("utf-8"),
+                        "receipt": canonical_json(result.receipt).decode("utf-8"),
+                    }
+                )
+                moving.extend(r.id for r in c.rows)
+                sent_at[c.seq] = parse_utc(c.record["hop"]["at"])
+                entries.append(
+                    audit.Entry(
+                        "relay_out",
+                        actor,
+                        c.gid,
+                        {
+                            "to": peer.name,
+                            "sha256": c.sha256,
+                            "recipients": [r.recipient for r in c.rows],
+                            "hop_digest": digest,
+                            "duplicate": result.duplicate,
+                        },
+                    )
+                )
+            if hop_rows:
+                conn.execute(_INSERT_HOPS, hop_rows)
+                # only rows still waiting and still ours: a "delivered" notice may have come
+                # back first, and a worker whose lease ran out must not undo another's work
+                moved = conn.execute(
+                    _MARK_IN_TRANSIT, {"ids": moving, "worker": self.worker, "now": now}
+                ).all()
+                if moved:
+                    conn.execute(
+                        _INSERT_EVENTS,
+                        [
+                            transport_event(seq, r, sent_at[seq], "in_transit", peer.name, actor)
+                            for seq, r in sorted(moved)
+                        ],
+                    )
+                audit.append_many(conn, entries)
+            if bad_receipts:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_([r.id for c in bad_receipts for r in c.rows]))
+                    .values(
+                        leased_by=None,
+                        lease_until=None,
+                        next_attempt_at=now + dt.timedelta(seconds=backoff(node, 1)),
+                        last_error="RELAY_RECEIPT_INVALID",
+                    )
+                )
+            if recovered and accepted:
+                # the peer is back: everything waiting for it is due now, in order
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        and_(
+                            deliveries.c.next_hop == peer.name,
+                            deliveries.c.next_attempt_at > now,
+                        )
+                    )
+                    .values(next_attempt_at=now)
+                )
+                if breaker.open:
+                    audit.append(
+                        conn,
+                        event="peer_up",
+                        actor=actor,
+                        subject=peer.name,
+                        data={"after_failures": breaker.failures},
+                    )
+        if accepted:
+            if recovered:
+                log.info("outbox.peer_recovered", peer=peer.name, failures=breaker.failures)
+            breaker.failures, breaker.open = 0, False
+        log.info(
+            "outbox.sent",
+            peer=peer.name,
+            packages=len(items),
+            accepted=accepted,
+            bad_receipts=len(bad_receipts),
+        )
+        node.wake(woken)
+        return accepted if accepted else (-1 if bad_receipts else len(items))
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def housekeeping(self) -> int:
+        """Dead-letter waiting rows older than ``max_age`` (a peer down for days); count them."""
+        node = self.node
+        now = node.now()
+        oldest = now - dt.timedelta(seconds=node.settings.delivery.max_age)
+        with node.writing() as conn:
+            rows = conn.execute(
+                select(
+                    deliveries.c.id,
+                    deliveries.c.document_seq,
+                    deliveries.c.recipient,
+                    deliveries.c.next_hop,
+                )
+                .where(
+                    and_(
+                        deliveries.c.next_attempt_at.is_not(None),
+                        deliveries.c.created_at < oldest,
+                        or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+                    )
+                )
+                .limit(1000)
+            ).all()
+            woken = dead_letter(
+                conn,
+                node,
+                rows,
+                code=PeerUnavailable.code,
+                message=f"not delivered within {node.settings.delivery.max_age} s",
+                peer=None,
+            )
+        node.wake(woken)
+        return len(rows)

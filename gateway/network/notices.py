@@ -1,0 +1,155 @@
+"""Notices coming back to a node: what the next nodes report about packages it relayed.
+
+A ``delivered`` notice lists packages that reached their recipients' node; a ``failed`` notice
+says a node gave up on some recipients. Both are node-signed (:mod:`gateway.evidence.hops`) and
+checked on arrival (:mod:`gateway.network.relay`); here their news is applied to this node's
+delivery rows and timelines. Creating notices is the outbox's business
+(:mod:`gateway.network.outbox`).
+
+Usage::
+
+    mark_delivered_many(conn, node, [(seq, ["000.00.00.G12"], path)], at_node="central",
+                        actor="node:h49")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.evidence.nodekey import parse_utc
+from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES, transport_event
+from gateway.node.container import Node
+from gateway.node.status import TransportState
+from gateway.storage.tables import deliveries, events
+
+__all__ = ["mark_delivered", "mark_delivered_many", "mark_failed"]
+
+_INSERT_EVENTS = events.insert()
+
+
+def mark_failed(
+    conn: Connection,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    *,
+    code: str,
+    message: str,
+    at_node: str,
+    actor: str,
+) -> None:
+    """Record a failure reported by ``at_node`` (a notice) on this node's rows and timeline."""
+    now = node.now()
+    rows = conn.execute(
+        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state).where(
+            and_(deliveries.c.document_seq == seq, deliveries.c.recipient.in_(list(recipients)))
+        )
+    ).all()
+    failing = [r for r in rows if r.state not in (*AT_RECIPIENT, TransportState.FAILED.value)]
+    if not failing:
+        return
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_([r.id for r in failing]))
+        .values(
+            state=TransportState.FAILED.value,
+            next_attempt_at=None,
+            leased_by=None,
+            lease_until=None,
+            last_error=f"{code} at {at_node}",
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        events.insert(),
+        [
+            transport_event(seq, r.recipient, now, "failed", at_node, actor, f"{code}: {message}")
+            for r in failing
+        ],
+    )
+
+
+def mark_delivered(
+    conn: Connection,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    *,
+    path: Sequence[Sequence[str]],
+    at_node: str,
+    actor: str,
+) -> None:
+    """Record a delivery reported by ``at_node``: each hop of ``path`` the timeline does not
+    show yet (its node and time), then ``delivered``."""
+    mark_delivered_many(conn, node, [(seq, recipients, path)], at_node=at_node, actor=actor)
+
+
+_DELIVERY_ROWS_OF = select(
+    deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient, deliveries.c.state
+).where(deliveries.c.document_seq.in_(bindparam("seqs", expanding=True)))
+_IN_TRANSIT_SEEN = select(events.c.document_seq, events.c.recipient, events.c.node).where(
+    and_(
+        events.c.document_seq.in_(bindparam("seqs", expanding=True)),
+        events.c.code == TransportState.IN_TRANSIT.value,
+    )
+)
+_MARK_DELIVERED = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=TransportState.DELIVERED.value,
+        next_attempt_at=None,
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def mark_delivered_many(
+    conn: Connection,
+    node: Node,
+    packages: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]]]],
+    *,
+    at_node: str,
+    actor: str,
+) -> None:
+    """:func:`mark_delivered` for the packages of one delivered notice, (seq, recipients,
+    path) each, in a handful of statements whatever their number."""
+    if not packages:
+        return
+    seqs = sorted({seq for seq, _, _ in packages})
+    rows: dict[tuple[int, str], Any] = {
+        (r.document_seq, r.recipient): r for r in conn.execute(_DELIVERY_ROWS_OF, {"seqs": seqs})
+    }
+    seen = {
+        (r.document_seq, r.recipient, r.node)
+        for r in conn.execute(_IN_TRANSIT_SEEN, {"seqs": seqs})
+    }
+    now = node.now()
+    timeline: list[dict[str, Any]] = []
+    moved: dict[int, None] = {}  # ordered, and a fast membership test
+    movable = (*WAITING_STATES, TransportState.FAILED.value)
+    for seq, recipients, path in packages:
+        for recipient in recipients:
+            r = rows.get((seq, recipient))
+            if r is None or r.state not in movable or r.id in moved:
+                continue
+            moved[r.id] = None
+            if r.state == TransportState.FAILED.value:
+                # requeued downstream after a failure notice: the delivery proves it went on
+                timeline.append(
+                    transport_event(seq, recipient, now, "accepted", at_node, actor, "requeued")
+                )
+            for _, to, at in path:
+                if (seq, recipient, to) in seen or to == at_node:
+                    continue
+                timeline.append(
+                    transport_event(seq, recipient, parse_utc(at), "in_transit", to, actor)
+                )
+            timeline.append(transport_event(seq, recipient, now, "delivered", at_node, actor))
+    if moved:
+        conn.execute(_INSERT_EVENTS, timeline)
+        conn.execute(_MARK_DELIVERED, {"ids": list(moved), "now": now})

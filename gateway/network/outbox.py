@@ -1,0 +1,549 @@
+"""The outbox: delivery rows of stored packages, their timeline events, notices, dead letters.
+
+Every package a node stores gets one delivery row per recipient (:func:`add_deliveries`):
+``delivered`` at once for an agency hosted here (its DMS pulls it), a waiting row whose
+``next_hop`` is a neighbour node (:mod:`gateway.network.dispatcher` sends it), or ``failed`` for a
+recipient no node serves or that would loop, with a signed failure notice to the sender.
+After the retry budget a delivery is :func:`dead_letter`-ed and the sender notified; only an
+operator requeues it (:mod:`gateway.node.admin`). What notices coming back do to the rows is
+:mod:`gateway.network.notices`.
+
+Usage::
+
+    woken = add_deliveries(conn, node, seq, ["000.00.00.G12"], actor, in_transit=False)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.agency import AgencyCode
+from gateway.errors import (
+    GatewayError,
+    RecipientUnreachable,
+    RouteLoop,
+)
+from gateway.evidence import audit
+from gateway.evidence.hops import sign_notice
+from gateway.evidence.nodekey import canonical_json
+from gateway.evidence.receipts import make_receipt
+from gateway.network.routing import would_loop
+from gateway.node.container import LOCAL, Node
+from gateway.node.status import TransportState
+from gateway.storage.tables import deliveries, documents, events
+from gateway.trust.binding import describe
+
+__all__ = [
+    "AT_RECIPIENT",
+    "UNROUTABLE",
+    "WAITING_STATES",
+    "add_deliveries",
+    "add_deliveries_many",
+    "dead_letter",
+    "deliver_entry",
+    "event_row",
+    "notify_delivered",
+    "rearm_failed",
+    "transport_event",
+]
+
+log = structlog.get_logger("gateway.outbox")
+
+#: ``deliveries.next_hop`` of a recipient no node serves (the row is failed at once)
+UNROUTABLE = "unroutable"
+#: states of a row that still has to be handed on (by this node, or by the next one)
+WAITING_STATES = (TransportState.ACCEPTED.value, TransportState.IN_TRANSIT.value)
+#: states of a row whose package is at the recipient's node
+AT_RECIPIENT = (
+    TransportState.DELIVERED.value,
+    TransportState.FETCHED.value,
+    TransportState.ACKNOWLEDGED.value,
+)
+
+
+def event_row(
+    seq: int,
+    recipient: str | None,
+    at: dt.datetime,
+    kind: str,
+    code: str,
+    node: str,
+    actor: str,
+    *,
+    description: str | None = None,
+    status_seq: int | None = None,
+) -> dict[str, Any]:
+    """An ``events`` row of a package's timeline: a transport state or a business status
+    (``kind`` ``transport`` or ``status``) of ``recipient``, recorded at ``node``."""
+    return {
+        "document_seq": seq,
+        "recipient": recipient,
+        "at": at,
+        "kind": kind,
+        "code": code,
+        "node": node,
+        "actor": actor,
+        "description": description,
+        "status_seq": status_seq,
+    }
+
+
+def transport_event(
+    seq: int,
+    recipient: str,
+    at: dt.datetime,
+    code: str,
+    node: str,
+    actor: str,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """The ``events`` row of a transport state (:func:`event_row`)."""
+    return event_row(seq, recipient, at, "transport", code, node, actor, description=description)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+#: built once: SQLAlchemy compiles a statement per distinct construct, not per row
+_INSERT_DELIVERIES = deliveries.insert()
+_INSERT_EVENTS = events.insert()
+
+
+@dataclass(slots=True)
+class _Routed:
+    """Delivery rows and timeline events for packages stored in one transaction."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: (package seq, error code) -> (recipients, messages) that cannot be routed
+    failures: dict[tuple[int, str], tuple[list[str], list[str]]] = field(default_factory=dict)
+    woken: set[str] = field(default_factory=set)
+
+
+def _route(
+    routed: _Routed,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    actor: str,
+    now: dt.datetime,
+    *,
+    in_transit: bool,
+    came_through: Sequence[str],
+) -> None:
+    arrived = TransportState.IN_TRANSIT if in_transit else TransportState.ACCEPTED
+    for recipient in recipients:
+        failure: GatewayError | None = None
+        try:
+            hop = node.next_hop(AgencyCode.parse(recipient))
+        except RecipientUnreachable as exc:
+            hop, failure = UNROUTABLE, exc
+        if hop != UNROUTABLE and would_loop(came_through, hop):
+            failure = RouteLoop(
+                f"{recipient} would go back to {hop}, which the package came through: no node "
+                "hosts it (or the directories disagree)",
+                detail={"recipient": recipient, "node": hop},
+            )
+            hop = UNROUTABLE
+        state = arrived
+        if hop == LOCAL:
+            state = TransportState.DELIVERED
+        elif failure is not None:
+            state = TransportState.FAILED
+            failed, messages = routed.failures.setdefault((seq, failure.code), ([], []))
+            failed.append(recipient)
+            messages.append(failure.message)
+        else:
+            routed.woken.add(hop)
+        waiting = hop not in (LOCAL, UNROUTABLE)
+        routed.rows.append(
+            {
+                "document_seq": seq,
+                "recipient": recipient,
+                "next_hop": hop,
+                "state": state.value,
+                "created_at": now,
+                "updated_at": now,
+                "attempts": 0,
+                "next_attempt_at": now if waiting else None,
+                "last_error": None if failure is None else f"{failure.code}: {failure.message}",
+                "leased_by": None,
+                "lease_until": None,
+            }
+        )
+        routed.timeline.append(
+            transport_event(seq, recipient, now, arrived.value, node.name, actor)
+        )
+        if state is not arrived:
+            description = None if failure is None else f"{failure.code}: {failure.message}"
+            routed.timeline.append(
+                transport_event(seq, recipient, now, state.value, node.name, actor, description)
+            )
+
+
+def deliver_entry(node: str, gid: str, recipients: Sequence[str]) -> audit.Entry:
+    """The audit entry ``deliver``: package ``gid`` is in the inboxes of ``recipients`` here."""
+    return audit.Entry("deliver", f"node:{node}", gid, {"recipients": list(recipients)})
+
+
+_IDS_OF_SEQS = select(documents.c.seq, documents.c.id).where(
+    documents.c.seq.in_(bindparam("seqs", expanding=True))
+)
+
+
+def _insert_routed(
+    conn: Connection, node: Node, routed: _Routed, *, audit_local: bool = True
+) -> set[str]:
+    if routed.rows:
+        conn.execute(_INSERT_DELIVERIES, routed.rows)
+        conn.execute(_INSERT_EVENTS, routed.timeline)
+    here: dict[int, list[str]] = {}
+    for row in routed.rows:
+        if row["next_hop"] == LOCAL:
+            here.setdefault(row["document_seq"], []).append(row["recipient"])
+    if here and audit_local:
+        ids = dict(conn.execute(_IDS_OF_SEQS, {"seqs": sorted(here)}).all())
+        audit.append_many(
+            conn, [deliver_entry(node.name, ids[seq], names) for seq, names in here.items()]
+        )
+    woken = set(routed.woken)
+    for (seq, code), (failed, messages) in routed.failures.items():
+        woken |= _notify(
+            conn, node, seq, failed, code=code, message="; ".join(messages), failed_hop=None
+        )
+    return woken
+
+
+def add_deliveries(
+    conn: Connection,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    actor: str,
+    *,
+    in_transit: bool,
+    came_through: Sequence[str] = (),
+    audit_local: bool = True,
+) -> set[str]:
+    """Route ``recipients`` of a stored package and insert their delivery rows and events.
+
+    A hosted recipient's row is ``delivered`` at once (its DMS pulls it); a recipient beyond a
+    peer gets a waiting outbox row; a recipient nobody serves, or whose next hop is a node the
+    package already passed through (``came_through``: a loop), gets a ``failed`` row and the
+    sender a failure notice. Returns the peers to wake. A delivery to a hosted agency's inbox
+    is audited (``deliver``) unless ``audit_local`` is False (a package the node handles itself).
+    """
+    return add_deliveries_many(
+        conn,
+        node,
+        [(seq, recipients, came_through)],
+        actor,
+        in_transit=in_transit,
+        audit_local=audit_local,
+    )
+
+
+def add_deliveries_many(
+    conn: Connection,
+    node: Node,
+    packages: Sequence[tuple[int, Sequence[str], Sequence[str]]],
+    actor: str,
+    *,
+    in_transit: bool,
+    audit_local: bool = True,
+) -> set[str]:
+    """:func:`add_deliveries` for several stored packages, (seq, recipients, came through)
+    each, with one insert of all their rows and one of all their events."""
+    routed = _Routed()
+    now = node.now()
+    for seq, recipients, came_through in packages:
+        _route(
+            routed,
+            node,
+            seq,
+            recipients,
+            actor,
+            now,
+            in_transit=in_transit,
+            came_through=came_through,
+        )
+    return _insert_routed(conn, node, routed, audit_local=audit_local)
+
+
+def _notify(
+    conn: Connection,
+    node: Node,
+    seq: int,
+    recipients: Sequence[str],
+    *,
+    code: str,
+    message: str,
+    failed_hop: str | None,
+) -> set[str]:
+    """Store a failure notice for the sender of package ``seq`` and route it; peers to wake.
+
+    This node gave up on ``recipients``; the notice lands in the sender's inbox. No notice is
+    made about a notice (that could circle for ever): its failure is logged and audited only.
+    """
+    doc = conn.execute(
+        select(
+            documents.c.id,
+            documents.c.kind,
+            documents.c.sender,
+            documents.c.document_id,
+            documents.c.sha256,
+        ).where(documents.c.seq == seq)
+    ).one()
+    if doc.kind == "notice":
+        log.warning("outbox.notice_undeliverable", doc=doc.id, code=code)
+        return set()
+    sealed = sign_notice(
+        node.key,
+        event="failed",
+        kind=doc.kind,
+        sender=doc.sender,
+        document_id=doc.document_id,
+        sha256=doc.sha256,
+        recipients=list(recipients),
+        node=node.name,
+        code=code,
+        message=message[:2000],
+        at=node.now(),
+        failed_hop=failed_hop,
+    )
+    log.info("outbox.notice", about=doc.id, notice="failed", code=code, recipients=recipients)
+    return _store_notice(
+        conn,
+        node,
+        sealed,
+        sender=doc.sender,
+        document_id=doc.document_id,
+        about=seq,
+        subject=f"delivery failed: {code}",
+        facts={"about": doc.id, "event": "failed", "code": code, "recipients": list(recipients)},
+    )
+
+
+def _store_notice(
+    conn: Connection,
+    node: Node,
+    sealed: dict[str, Any],
+    *,
+    sender: str,
+    document_id: str | None,
+    about: int | None,
+    subject: str,
+    facts: dict[str, Any],
+) -> set[str]:
+    """Store a sealed notice as a package of this node, addressed to ``sender``; route it."""
+    now = node.now()
+    body = canonical_json(sealed)
+    sha256 = hashlib.sha256(body).hexdigest()
+    gid = node.new_id()
+    actor = f"node:{node.name}"
+    receipt = make_receipt(
+        node.key,
+        node=node.name,
+        document=gid,
+        sender=sender,
+        document_id=document_id,
+        sha256=sha256,
+        size=len(body),
+        received_at=now,
+        received_from=actor,
+    )
+    notice_seq = conn.execute(
+        documents.insert().returning(documents.c.seq),
+        {
+            "id": gid,
+            "kind": "notice",
+            "sender": sender,
+            "document_id": document_id,
+            "dedup_key": f"notice|sha256:{sha256}",
+            "sha256": sha256,
+            "size": len(body),
+            "envelope": body,
+            "subject": subject,
+            "status_code": None,
+            "about_seq": about,
+            "signer": _node_signer(node),
+            "signing_time": now,
+            "received_at": now,
+            "received_from": actor,
+            "receipt": json.dumps(receipt, ensure_ascii=False, sort_keys=True),
+        },
+    ).scalar_one()
+    audit.append(conn, event="notice", actor=actor, subject=gid, data=facts)
+    return add_deliveries(conn, node, notice_seq, [sender], actor, in_transit=False)
+
+
+def _node_signer(node: Node) -> str:
+    return json.dumps(describe(node.key.certificate), sort_keys=True)
+
+
+def notify_delivered(
+    conn: Connection,
+    node: Node,
+    sender: str,
+    arrivals: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]]]],
+) -> set[str]:
+    """Tell ``sender``'s node, in one notice, that its packages reached recipients here.
+
+    ``arrivals``: (package seq, the recipients hosted here, the path of hops it took).
+    """
+    seqs = [seq for seq, _, _ in arrivals]
+    docs = {
+        r.seq: r
+        for r in conn.execute(
+            select(documents.c.seq, documents.c.document_id, documents.c.sha256).where(
+                documents.c.seq.in_(seqs)
+            )
+        )
+    }
+    items = [
+        {
+            "document_id": docs[seq].document_id,
+            "sha256": docs[seq].sha256,
+            "recipients": list(recipients),
+            "path": [list(step) for step in path],
+        }
+        for seq, recipients, path in arrivals
+    ]
+    sealed = sign_notice(
+        node.key,
+        event="delivered",
+        kind="document",
+        sender=sender,
+        document_id=None,
+        sha256=items[0]["sha256"],
+        recipients=sorted({r for item in items for r in item["recipients"]}),
+        node=node.name,
+        code="DELIVERED",
+        message=f"{len(items)} package(s) delivered to the recipient's node",
+        at=node.now(),
+        failed_hop=None,
+        items=items,
+    )
+    return _store_notice(
+        conn,
+        node,
+        sealed,
+        sender=sender,
+        document_id=None,
+        about=None,
+        subject="delivered",
+        facts={"event": "delivered", "packages": len(items)},
+    )
+
+
+def dead_letter(
+    conn: Connection,
+    node: Node,
+    rows: Sequence[Any],
+    *,
+    code: str,
+    message: str,
+    peer: str | None,
+    attempted: bool = False,
+) -> set[str]:
+    """Give up on ``rows``: failed, with the reason; one notice per package to its sender.
+
+    ``attempted``: the rows were just tried once more (counted in ``attempts``)."""
+    if not rows:
+        return set()
+    now = node.now()
+    actor = f"node:{node.name}"
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_([r.id for r in rows]))
+        .values(
+            attempts=deliveries.c.attempts + (1 if attempted else 0),
+            state=TransportState.FAILED.value,
+            next_attempt_at=None,
+            leased_by=None,
+            lease_until=None,
+            last_error=f"{code}: {message}"[:2000],
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        events.insert(),
+        [
+            transport_event(
+                r.document_seq, r.recipient, now, "failed", node.name, actor, f"{code}: {message}"
+            )
+            for r in rows
+        ],
+    )
+    woken: set[str] = set()
+    per_doc: dict[int, list[str]] = {}
+    for r in rows:
+        per_doc.setdefault(r.document_seq, []).append(r.recipient)
+    ids: dict[int, str] = {
+        seq: gid
+        for seq, gid in conn.execute(
+            select(documents.c.seq, documents.c.id).where(documents.c.seq.in_(per_doc))
+        )
+    }
+    for seq, recipients in per_doc.items():
+        audit.append(
+            conn,
+            event="dead_letter",
+            actor=actor,
+            subject=ids.get(seq),
+            data={"recipients": recipients, "code": code, "peer": peer},
+        )
+        woken |= _notify(conn, node, seq, recipients, code=code, message=message, failed_hop=peer)
+    log.warning("outbox.dead_letter", rows=len(rows), code=code, peer=peer)
+    return woken
+
+
+def rearm_failed(
+    conn: Connection, node: Node, seq: int, recipients: Sequence[str], actor: str
+) -> set[str]:
+    """The previous node sent a package again for recipients whose delivery failed here (an
+    admin requeued it upstream): try them again, with a fresh budget. Returns peers to wake."""
+    now = node.now()
+    rows = conn.execute(
+        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.next_hop).where(
+            and_(
+                deliveries.c.document_seq == seq,
+                deliveries.c.recipient.in_(list(recipients)),
+                deliveries.c.state == TransportState.FAILED.value,
+                deliveries.c.next_hop.not_in([LOCAL, UNROUTABLE]),
+            )
+        )
+    ).all()
+    if not rows:
+        return set()
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_([r.id for r in rows]))
+        .values(
+            state=TransportState.IN_TRANSIT.value,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+            last_error=None,
+            leased_by=None,
+            lease_until=None,
+        )
+    )
+    conn.execute(
+        events.insert(),
+        [
+            transport_event(seq, r.recipient, now, "accepted", node.name, actor, "sent again")
+            for r in rows
+        ],
+    )
+    return {r.next_hop for r in rows}

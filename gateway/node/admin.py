@@ -1,0 +1,139 @@
+"""Admin actions on a node's deliveries: list them, requeue dead letters (CLI and admin API).
+
+Usage::
+
+    rows = list_deliveries(node, state="failed", peer="h49-halong")
+    requeue(node, [row["id"] for row in rows], actor="admin:operator")
+
+A requeue is audited with the operator's name; only a failed delivery is requeued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+
+from gateway.agency import AgencyCode
+from gateway.errors import DeliveryNotFound, StatusTransitionInvalid
+from gateway.evidence import audit
+from gateway.network.outbox import transport_event
+from gateway.node.container import LOCAL, Node
+from gateway.node.status import TransportState
+from gateway.storage.tables import deliveries, documents, events
+
+__all__ = ["list_deliveries", "requeue"]
+
+log = structlog.get_logger("gateway.admin")
+
+
+def list_deliveries(
+    node: Node, *, state: str | None = None, peer: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Outbox and delivery rows for admins, newest first (``state="failed"``: dead letters)."""
+    query = (
+        select(
+            deliveries.c.id,
+            documents.c.id.label("document"),
+            documents.c.kind,
+            documents.c.sender,
+            documents.c.document_id,
+            deliveries.c.recipient,
+            deliveries.c.next_hop,
+            deliveries.c.state,
+            deliveries.c.attempts,
+            deliveries.c.next_attempt_at,
+            deliveries.c.last_error,
+            deliveries.c.updated_at,
+        )
+        .join(documents, documents.c.seq == deliveries.c.document_seq)
+        .order_by(deliveries.c.id.desc())
+        .limit(max(1, min(limit, 1000)))
+    )
+    if state == "waiting":
+        query = query.where(deliveries.c.next_attempt_at.is_not(None))
+    elif state is not None:
+        query = query.where(deliveries.c.state == state)
+    if peer is not None:
+        query = query.where(deliveries.c.next_hop == peer)
+    with node.reader.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {
+            "id": r.id,
+            "document": r.document,
+            "kind": r.kind,
+            "sender": r.sender,
+            "document_id": r.document_id,
+            "recipient": r.recipient,
+            "next_hop": r.next_hop,
+            "state": r.state,
+            "attempts": r.attempts,
+            "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+            "last_error": r.last_error,
+            "updated_at": r.updated_at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
+    """Send failed deliveries again: routed afresh, attempts and age budget reset; audited.
+
+    Raises :class:`DeliveryNotFound` for an unknown id and
+    :class:`~gateway.errors.StatusTransitionInvalid` for a delivery that has not failed.
+    """
+    now = node.now()
+    woken: set[str] = set()
+    with node.writing() as conn:
+        rows = conn.execute(
+            select(
+                deliveries.c.id,
+                deliveries.c.document_seq,
+                deliveries.c.recipient,
+                deliveries.c.state,
+            ).where(deliveries.c.id.in_(list(ids)))
+        ).all()
+        found = {r.id for r in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise DeliveryNotFound(f"no delivery {missing[0]}", detail={"id": missing[0]})
+        for row in rows:
+            if row.state != TransportState.FAILED.value:
+                raise StatusTransitionInvalid(
+                    f"delivery {row.id} is {row.state}, not failed: only a failed delivery is "
+                    "requeued",
+                    detail={"id": row.id, "state": row.state},
+                )
+        for row in rows:
+            hop = node.next_hop(AgencyCode.parse(row.recipient))
+            values: dict[str, Any] = {
+                "next_hop": hop,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "last_error": None,
+                "leased_by": None,
+                "lease_until": None,
+            }
+            if hop == LOCAL:
+                values |= {"state": TransportState.DELIVERED.value, "next_attempt_at": None}
+            else:
+                values |= {"state": TransportState.ACCEPTED.value, "next_attempt_at": now}
+                woken.add(hop)
+            conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
+            conn.execute(
+                events.insert().values(
+                    transport_event(
+                        row.document_seq, row.recipient, now, values["state"], node.name, actor
+                    )
+                )
+            )
+        audit.append(
+            conn, event="requeue", actor=actor, subject=None, data={"deliveries": sorted(found)}
+        )
+    log.info("outbox.requeued", deliveries=sorted(found), actor=actor)
+    node.wake(woken)
+    return sorted(found)

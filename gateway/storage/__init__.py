@@ -1,0 +1,1 @@
+"""The node's database: tables, engines, Alembic migrations."""

@@ -1,0 +1,47 @@
+"""The caller identity: the agency or gateway node a verified client certificate speaks for.
+
+A plain value, made by the HTTP edge's authenticator (:mod:`gateway.api.auth`) once the
+certificate is verified, and handed to the core services (ingest, the inbox, relay receive),
+which never see a request.
+
+Usage::
+
+    caller = Identity(kind="agency", agency=AgencyCode.parse("000.00.00.H49"), certificate=leaf)
+    if caller.kind == "agency": ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+
+from gateway.agency import AgencyCode
+
+__all__ = ["Identity", "IdentityKind", "IdentitySource"]
+
+IdentityKind = Literal["agency", "node"]
+IdentitySource = Literal["tls", "proxy"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    """An authenticated caller: an agency (its DMS) or a peer gateway node.
+
+    Usage: ``if caller.kind == "agency": hosted(caller.agency)``.
+    """
+
+    #: "agency" or "node"
+    kind: IdentityKind
+    #: the agency code the certificate binds (kind "agency" only)
+    agency: AgencyCode | None = None
+    #: the node name the certificate binds (kind "node" only)
+    node: str | None = None
+    #: the verified client certificate (leaf)
+    certificate: x509.Certificate
+    #: where the certificate came from: the TLS connection or a trusted proxy's header
+    source: IdentitySource = "tls"
+
+    def __str__(self) -> str:
+        return f"agency:{self.agency}" if self.kind == "agency" else f"node:{self.node}"
