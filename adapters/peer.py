@@ -2,8 +2,10 @@
 
 One relay request carries a batch of packages to one neighbour, in order, in the wire format of
 :mod:`gateway.network.wire`. A refusal of the whole request (``4xx`` with ``{code, message,
-detail}``) refuses every item; a connection error, a timeout or a ``5xx`` means "try again
-later" (:class:`PeerUnavailable`).
+detail}``) refuses every item with the peer's code (``RELAY_PEER_REFUSED`` when its answer
+names none); a connection error, a timeout or a ``5xx`` means "try again later"
+(:class:`PeerUnavailable`). ``tests/integration/test_peer_transport.py`` holds it to this
+against real HTTPS servers.
 
 Usage::
 
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from gateway.errors import PeerUnavailable
+from gateway.errors import PeerRefused, PeerUnavailable
 from gateway.network.routing import Peer
 from gateway.network.wire import RELAY_CONTENT_TYPE, RELAY_PATH, ItemResult, RelayItem, encode_batch
 from gateway.settings import Settings
@@ -92,10 +94,12 @@ class HttpsPeerTransport:
         if response.status_code >= 400:
             code = answer.get("code") if isinstance(answer, dict) else None
             message = answer.get("message") if isinstance(answer, dict) else None
+            # Every code a node records is in the error tree: a bare status is PeerRefused's.
             refused = ItemResult(
                 ok=False,
-                code=str(code or f"HTTP_{response.status_code}"),
+                code=str(code or PeerRefused.code),
                 message=str(message or f"{peer.name} refused the relay"),
+                detail={"status": response.status_code},
             )
             return [refused for _ in items]
         results = answer.get("results") if isinstance(answer, dict) else None
@@ -120,7 +124,7 @@ class HttpsPeerTransport:
                 out.append(
                     ItemResult(
                         ok=False,
-                        code=str(result.get("code") or "RELAY_ERROR"),
+                        code=str(result.get("code") or PeerRefused.code),
                         message=str(result.get("message") or "refused"),
                         detail=detail if isinstance(detail, dict) else {},
                     )

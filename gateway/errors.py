@@ -2,15 +2,28 @@
 
 Every error carries a stable ``code`` (never changed once shipped), the HTTP status it maps to,
 and what it means in edXML / national-hub terms. The first line of each class docstring is its
-default message. API errors are rendered as JSON ``{code, message, detail}``.
+default message. API errors are rendered as JSON ``{code, message, detail}``; every answer the
+node gives a client with an error status carries one of the codes below, and nothing else
+(the framework's own refusals included: unknown path, wrong method, unparseable HTTP).
+
+**Naming.** A code is ``<SUBJECT>_<PROBLEM>``: its first word names what was refused (the XML,
+the envelope, the signature, the certificate, the request, the relay, the document, the
+delivery, the status, the database, the node), so a client can sort refusals by prefix, and
+one problem on two subjects stays two codes: ``REQUEST_PATH_NOT_FOUND`` (a mistyped URL) is
+not ``DOCUMENT_NOT_FOUND`` (an id this caller cannot see). Refusals of the HTTP request itself,
+whether by the framework or by the node's own limits, are ``REQUEST_*``; there is no bare
+``NOT_FOUND`` and no ``HTTP_<status>``. A family's own code (``REQUEST_ERROR``) is never raised
+by the node; its members' are. ``tests/unit/test_errors.py`` pins every (code, HTTP status)
+pair and checks this drawing against the classes.
 
 ::
 
-    GatewayError
+    GatewayError                        GATEWAY_ERROR
     ├── UsageError                      USAGE_ERROR                 (CLI misuse, unreadable file)
     ├── ConfigError                     CONFIG_INVALID
     ├── WorkerFailed                    WORKER_FAILED               (a node's worker cannot start)
-    ├── XMLError                        (hostile or broken XML, refused before any schema work)
+    ├── NodeNotReady                    NODE_NOT_READY              (answered by /readyz)
+    ├── XMLError                        XML_ERROR                   (hostile or broken XML)
     │   ├── MalformedXML                XML_MALFORMED
     │   ├── DoctypeForbidden            XML_DOCTYPE_FORBIDDEN
     │   ├── ExternalEntityForbidden     XML_EXTERNAL_ENTITY
@@ -23,7 +36,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── XMLTooManyNamespaces        XML_TOO_MANY_NAMESPACES
     │   └── XMLTextTooLarge             XML_TEXT_TOO_LARGE
     ├── SchemaError                     SCHEMA_INVALID
-    ├── EnvelopeError                   (well-formed and valid, but not a consistent package)
+    ├── EnvelopeError                   ENVELOPE_INVALID            (valid, but inconsistent)
     │   ├── UnknownPackageKind          ENVELOPE_UNKNOWN_KIND
     │   ├── DuplicateElement            ENVELOPE_DUPLICATE_ELEMENT
     │   ├── MissingElement              ENVELOPE_MISSING_ELEMENT
@@ -31,7 +44,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── ManifestMismatch            ENVELOPE_MANIFEST_MISMATCH
     │   └── AttachmentEncodingError     ENVELOPE_ATTACHMENT_ENCODING
     ├── AgencyCodeError                 AGENCY_CODE_INVALID
-    ├── SignatureError                  (the XMLDSig itself)
+    ├── SignatureError                  SIGNATURE_INVALID           (the XMLDSig itself)
     │   ├── SignatureMissing            SIGNATURE_MISSING
     │   ├── SignatureMalformed          SIGNATURE_MALFORMED
     │   ├── WrappedEnvelope             SIGNATURE_WRAPPED_ENVELOPE
@@ -44,7 +57,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── SignatureNonCanonical       SIGNATURE_NON_CANONICAL     (high-S ECDSA)
     │   ├── SignatureValueMismatch      SIGNATURE_VALUE_MISMATCH
     │   └── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
-    ├── TrustError                      (who signed, and may we believe them)
+    ├── TrustError                      TRUST_ERROR                 (who signed; believe them?)
     │   ├── CertificateMalformed        CERT_MALFORMED
     │   ├── CertificateUntrusted        CERT_UNTRUSTED
     │   ├── CertificateKeyWeak          CERT_KEY_WEAK               (RSA < 2048, other curves)
@@ -54,13 +67,18 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── CRLInvalid                  CRL_INVALID
     │   ├── SignerUnbound               SIGNER_AGENCY_UNBOUND
     │   └── SignerMismatch              SIGNER_AGENCY_MISMATCH
-    ├── AuthError                       (who is calling the API)
+    ├── AuthError                       AUTH_ERROR                  (who is calling the API)
     │   ├── AuthRequired                AUTH_REQUIRED
     │   ├── ClientCertUntrusted         AUTH_CERT_UNTRUSTED
     │   ├── UnknownAgency               AUTH_UNKNOWN_AGENCY
     │   ├── SenderMismatch              AUTH_SENDER_MISMATCH
     │   └── Forbidden                   AUTH_FORBIDDEN
-    ├── RequestError                    (well-formed but unacceptable requests)
+    ├── RequestError                    REQUEST_ERROR               (the HTTP request itself)
+    │   ├── PathNotFound                REQUEST_PATH_NOT_FOUND      (no route at this path)
+    │   ├── MethodNotAllowed            REQUEST_METHOD_NOT_ALLOWED
+    │   ├── RequestMalformed            REQUEST_MALFORMED           (not parseable HTTP/1.1)
+    │   ├── ParametersInvalid           REQUEST_PARAMETERS_INVALID  (path or query)
+    │   ├── BodyInvalid                 REQUEST_BODY_INVALID        (JSON body: unreadable, wrong)
     │   ├── TooManyRecipients           REQUEST_TOO_MANY_RECIPIENTS
     │   ├── TooManyAttachments          REQUEST_TOO_MANY_ATTACHMENTS
     │   ├── RecipientUnreachable        REQUEST_RECIPIENT_UNREACHABLE
@@ -70,7 +88,7 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── RequestTimeout              REQUEST_TIMEOUT
     │   ├── BudgetExceeded              REQUEST_BUDGET_EXCEEDED     (CPU time per upload)
     │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
-    ├── RelayError                      (node-to-node relay: hops, receipts, peers)
+    ├── RelayError                      RELAY_ERROR                 (node-to-node relay)
     │   ├── RelayMalformed              RELAY_MALFORMED
     │   ├── PeerUnknown                 RELAY_PEER_UNKNOWN
     │   ├── HopChainBroken              RELAY_HOP_CHAIN_BROKEN
@@ -78,16 +96,18 @@ default message. API errors are rendered as JSON ``{code, message, detail}``.
     │   ├── EnvelopeTampered            RELAY_ENVELOPE_TAMPERED
     │   ├── RouteLoop                   RELAY_ROUTE_LOOP
     │   ├── ReceiptInvalid              RELAY_RECEIPT_INVALID
+    │   ├── PeerRefused                 RELAY_PEER_REFUSED          (the peer's 4xx had no code)
     │   └── PeerUnavailable             RELAY_PEER_UNAVAILABLE
     ├── DeliveryNotFound                DELIVERY_NOT_FOUND
+    ├── DeliveryNotFailed               DELIVERY_NOT_FAILED         (only a failed one is requeued)
     ├── DocumentNotFound                DOCUMENT_NOT_FOUND
     ├── DocumentConflict                DOCUMENT_CONFLICT
-    ├── StatusError                     (business statuses)
+    ├── StatusError                     STATUS_ERROR                (business statuses)
     │   ├── StatusTargetUnknown         STATUS_TARGET_UNKNOWN
     │   ├── StatusNotAllowed            STATUS_NOT_ALLOWED
     │   └── StatusTransitionInvalid     STATUS_TRANSITION_INVALID
     ├── InternalError                   INTERNAL_ERROR              (a bug: logged, never shown)
-    └── StorageError                    (the node's database)
+    └── StorageError                    STORAGE_ERROR               (the node's database)
         ├── DatabaseNotMigrated         DATABASE_NOT_MIGRATED
         ├── DatabaseUnavailable         DATABASE_UNAVAILABLE
         └── AuditChainBroken            AUDIT_CHAIN_BROKEN
@@ -107,6 +127,7 @@ __all__ = [
     "AuditChainBroken",
     "AuthError",
     "AuthRequired",
+    "BodyInvalid",
     "BodyTooLarge",
     "BudgetExceeded",
     "CRLInvalid",
@@ -120,6 +141,7 @@ __all__ = [
     "ConfigError",
     "DatabaseNotMigrated",
     "DatabaseUnavailable",
+    "DeliveryNotFailed",
     "DeliveryNotFound",
     "DigestMismatch",
     "DoctypeForbidden",
@@ -143,8 +165,13 @@ __all__ = [
     "JSONTooDeep",
     "MalformedXML",
     "ManifestMismatch",
+    "MethodNotAllowed",
     "MissingElement",
+    "NodeNotReady",
+    "ParametersInvalid",
     "PartialCoverage",
+    "PathNotFound",
+    "PeerRefused",
     "PeerUnavailable",
     "PeerUnknown",
     "ReceiptInvalid",
@@ -152,6 +179,7 @@ __all__ = [
     "RelayError",
     "RelayMalformed",
     "RequestError",
+    "RequestMalformed",
     "RequestTimeout",
     "RouteLoop",
     "SchemaError",
@@ -579,11 +607,49 @@ class Forbidden(AuthError):
 
 
 class RequestError(GatewayError):
-    """The request is well-formed but cannot be accepted."""
+    """The request cannot be accepted."""
 
     code = "REQUEST_ERROR"
     http_status = 422
     meaning = "request refused"
+
+
+class PathNotFound(RequestError):
+    """No route of this API answers at this path."""
+
+    code = "REQUEST_PATH_NOT_FOUND"
+    http_status = 404
+    meaning = "request refused: no such endpoint (check the base URL and the API version)"
+
+
+class MethodNotAllowed(RequestError):
+    """This path does not take this HTTP method."""
+
+    code = "REQUEST_METHOD_NOT_ALLOWED"
+    http_status = 405
+    meaning = "request refused: wrong HTTP method for this endpoint"
+
+
+class RequestMalformed(RequestError):
+    """The request is not valid HTTP/1.1."""
+
+    code = "REQUEST_MALFORMED"
+    http_status = 400
+    meaning = "request refused: not parseable HTTP"
+
+
+class ParametersInvalid(RequestError):
+    """The request's path or query parameters are invalid."""
+
+    code = "REQUEST_PARAMETERS_INVALID"
+    meaning = "request refused: invalid parameters"
+
+
+class BodyInvalid(RequestError):
+    """The request's body is not the JSON this endpoint takes."""
+
+    code = "REQUEST_BODY_INVALID"
+    meaning = "request refused: the JSON body is unreadable or of the wrong shape"
 
 
 class TooManyRecipients(RequestError):
@@ -714,6 +780,14 @@ class ReceiptInvalid(RelayError):
     http_status = 502
 
 
+class PeerRefused(RelayError):
+    """The peer node refused the relay request without an error code of its own."""
+
+    code = "RELAY_PEER_REFUSED"
+    http_status = 502
+    meaning = "relay refused by the peer (its answer carried only an HTTP status)"
+
+
 class PeerUnavailable(RelayError):
     """The peer node cannot be reached or answered with a server error (retried)."""
 
@@ -728,6 +802,14 @@ class DeliveryNotFound(GatewayError):
     code = "DELIVERY_NOT_FOUND"
     http_status = 404
     meaning = "unknown delivery"
+
+
+class DeliveryNotFailed(GatewayError):
+    """Only a failed delivery can be requeued; this one has not failed."""
+
+    code = "DELIVERY_NOT_FAILED"
+    http_status = 409
+    meaning = "requeue refused: the delivery has not failed"
 
 
 class DocumentConflict(GatewayError):
@@ -799,6 +881,14 @@ class AuditChainBroken(StorageError):
 
     code = "AUDIT_CHAIN_BROKEN"
     http_status = 500
+
+
+class NodeNotReady(GatewayError):
+    """The node cannot take documents now (database, migrations or certificates)."""
+
+    code = "NODE_NOT_READY"
+    http_status = 503
+    meaning = "node temporarily unavailable: try again later"
 
 
 class WorkerFailed(GatewayError):

@@ -4,6 +4,17 @@ No other module reads ``os.environ``. An environment variable names a key by its
 name joined with a double underscore: ``GATEWAY_VERIFY__ALLOW_WEAK_ALGORITHMS=true`` overrides
 ``[verify] allow_weak_algorithms``.
 
+Every number has its range in :data:`RANGES`, decided key by key: zero is allowed only where it
+means something (``[delivery] backoff_jitter = 0``: no jitter; ``[limits] max_attachments = 0``:
+documents without attachments only), never where it would stop the node or spin it (a zero
+interval, timeout or limit). Every refusal names its key: ``[delivery] backoff_jitter must be at
+least 0, not -1``.
+
+The coercion is written here rather than taken from pydantic-settings: that would add a
+dependency for ~60 lines, read environment lists as JSON where operators write
+``a.pem,b.pem``, and word its errors by pydantic's field paths instead of the file's
+``[section] key``.
+
 Usage::
 
     settings = load_settings(Path("node.toml"))
@@ -12,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -48,6 +60,83 @@ MAX_RELAY_ITEMS = 1000
 #: most worker processes of one node (``[server] workers``)
 MAX_WORKERS = 64
 _NODE_NAME = re.compile(r"[a-z0-9-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """The values one number may take."""
+
+    #: the smallest value allowed
+    least: float
+    #: the largest value allowed
+    most: float = math.inf
+    #: ``least`` itself is refused too (a duration that must be above zero)
+    above: bool = False
+    #: why the bound is there, said in the error
+    why: str = ""
+
+    def check(self, where: str, key: str, number: float) -> None:
+        """Raise :class:`ConfigError` naming ``where`` (``[section] key``) when ``number`` is
+        out of range."""
+        low_ok = number > self.least if self.above else number >= self.least
+        if low_ok and number <= self.most:
+            return
+        if self.above:
+            bound = f"greater than {self.least:g}"
+        elif self.most == math.inf:
+            bound = f"at least {self.least:g}"
+        else:
+            bound = f"{self.least:g}-{self.most:g}"
+        why = f": {self.why}" if self.why else ""
+        raise ConfigError(
+            f"{where} must be {bound}, not {number!r}{why}",
+            detail={"key": key},
+        )
+
+
+_POSITIVE = _Range(0, above=True)
+_ONE_OR_MORE = _Range(1)
+_ZERO_OR_MORE = _Range(0)
+
+#: The values every number may take, key by key (a test checks that each numeric key is here).
+#: Zero is allowed only where it has a meaning; elsewhere a zero interval would spin a loop, a
+#: zero timeout or limit would refuse everything.
+RANGES: dict[str, _Range] = {
+    "server.port": _Range(1, 65535),
+    "server.workers": _Range(1, MAX_WORKERS),
+    "server.max_header_bytes": _ONE_OR_MORE,
+    "server.max_headers": _ONE_OR_MORE,
+    "server.header_timeout": _POSITIVE,
+    "server.body_timeout": _POSITIVE,
+    "trust.reload_interval": _ONE_OR_MORE,
+    "limits.max_envelope_bytes": _ONE_OR_MORE,
+    "limits.max_depth": _ONE_OR_MORE,
+    "limits.max_elements": _ONE_OR_MORE,
+    "limits.max_recipients": _ONE_OR_MORE,
+    "limits.max_attachments": _ZERO_OR_MORE,  # 0: documents without attachments only
+    "limits.max_attributes": _ONE_OR_MORE,
+    "limits.max_namespaces_per_element": _ONE_OR_MORE,
+    "limits.max_namespaces": _ONE_OR_MORE,
+    "limits.max_text_bytes": _ONE_OR_MORE,
+    "limits.upload_budget": _POSITIVE,
+    "limits.max_json_bytes": _ONE_OR_MORE,
+    "limits.max_json_depth": _ONE_OR_MORE,
+    "audit.checkpoint_interval": _ONE_OR_MORE,
+    "delivery.tick_interval": _POSITIVE,
+    "delivery.batch_size": _Range(1, MAX_RELAY_ITEMS, why="a node refuses larger relay batches"),
+    "delivery.batch_bytes": _ONE_OR_MORE,
+    "delivery.connect_timeout": _POSITIVE,
+    "delivery.timeout": _POSITIVE,
+    "delivery.backoff_initial": _POSITIVE,
+    "delivery.backoff_max": _POSITIVE,
+    "delivery.backoff_jitter": _ZERO_OR_MORE,  # 0: every node retries on the exact backoff
+    "delivery.max_attempts": _ONE_OR_MORE,
+    "delivery.max_age": _ONE_OR_MORE,
+    "delivery.lease": _ONE_OR_MORE,
+    "delivery.breaker_threshold": _ONE_OR_MORE,
+    "delivery.breaker_probe_interval": _POSITIVE,
+    "delivery.housekeeping_interval": _ONE_OR_MORE,
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -302,41 +391,41 @@ _SECTIONS: dict[str, type[Any]] = {
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _parse(kind: type[int] | type[float], value: Any) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> Any:
-    where = f"[{section}] {key}"
+    where, name = f"[{section}] {key}", f"{section}.{key}"
     if annotation == "bool":
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in {"true", "1", "yes", "false", "0", "no"}:
             return value.lower() in {"true", "1", "yes"}
-        raise ConfigError(f"{where} must be true or false, not {value!r}", detail={"key": where})
+        raise ConfigError(f"{where} must be true or false, not {value!r}", detail={"key": name})
     if annotation == "int":
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where} must be an integer, not {value!r}", detail={"key": where}
-            ) from None
-        if number <= 0:
-            raise ConfigError(f"{where} must be positive", detail={"key": where})
+        # not a bool (TOML true) nor a float (1.5 would become 1 without a word)
+        number = None if isinstance(value, bool | float) else _parse(int, value)
+        if number is None:
+            raise ConfigError(f"{where} must be an integer, not {value!r}", detail={"key": name})
+        RANGES[name].check(where, name, number)
         return number
     if annotation == "float":
-        try:
-            real = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where} must be a number, not {value!r}", detail={"key": where}
-            ) from None
-        if not real > 0 or real == float("inf"):
-            raise ConfigError(f"{where} must be positive", detail={"key": where})
+        real = None if isinstance(value, bool) else _parse(float, value)
+        if real is None or not math.isfinite(real):
+            raise ConfigError(f"{where} must be a number, not {value!r}", detail={"key": name})
+        RANGES[name].check(where, name, real)
         return real
     if annotation == "str":
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where} must be a non-empty string", detail={"key": where})
+            raise ConfigError(f"{where} must be a non-empty string", detail={"key": name})
         return value.strip()
     if annotation == "Path | None":
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where} must be a path", detail={"key": where})
+            raise ConfigError(f"{where} must be a path", detail={"key": name})
         path = Path(value.strip())
         return path if path.is_absolute() else base / path
     if annotation == "Tier":
@@ -345,17 +434,17 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         except ValueError:
             tiers = ", ".join(t.value for t in Tier)
             raise ConfigError(
-                f"{where} must be one of {tiers}, not {value!r}", detail={"key": where}
+                f"{where} must be one of {tiers}, not {value!r}", detail={"key": name}
             ) from None
     if annotation == "tuple[str, ...]":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{where} must be a list of strings", detail={"key": where})
+            raise ConfigError(f"{where} must be a list of strings", detail={"key": name})
         return tuple(i.strip() for i in items if i.strip())
     if annotation == "tuple[Path, ...]":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{where} must be a list of paths", detail={"key": where})
+            raise ConfigError(f"{where} must be a list of paths", detail={"key": name})
         return tuple(
             (base / i.strip()) if not Path(i.strip()).is_absolute() else Path(i.strip())
             for i in items
@@ -490,12 +579,6 @@ def _validate(settings: Settings) -> None:
                     f"[directory] child {peer.name} serves {code!r}, not an agency code",
                     detail={"key": "directory.children"},
                 )
-    if settings.delivery.batch_size > MAX_RELAY_ITEMS:
-        raise ConfigError(
-            f"[delivery] batch_size must be at most {MAX_RELAY_ITEMS}: a node refuses larger "
-            "relay batches",
-            detail={"key": "delivery.batch_size"},
-        )
     if settings.delivery.backoff_max < settings.delivery.backoff_initial:
         raise ConfigError(
             "[delivery] backoff_max must not be less than backoff_initial",
@@ -506,12 +589,6 @@ def _validate(settings: Settings) -> None:
             f"[logging] level must be one of {', '.join(_LOG_LEVELS)}",
             detail={"key": "logging.level"},
         )
-    if settings.server.workers > MAX_WORKERS:
-        raise ConfigError(
-            f"[server] workers must be at most {MAX_WORKERS}", detail={"key": "server.workers"}
-        )
-    if not 0 < settings.server.port < 65536:
-        raise ConfigError("[server] port must be 1-65535", detail={"key": "server.port"})
     url = settings.database.url
     if not url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
         raise ConfigError(

@@ -23,6 +23,7 @@ from signxml.signer import XMLSigner
 from signxml.verifier import XMLVerifier
 
 from gateway.dev.pki import init_ca, issue
+from gateway.dev.samples import DATA
 from gateway.trust.signing import SigningKey, sign_package
 from gateway.trust.store import TrustStore
 from gateway.trust.verification import VerificationReport, Verifier
@@ -30,12 +31,11 @@ from gateway.trust.verification import VerificationReport, Verifier
 __all__ = ["make_envelope", "run_envelope_bench"]
 
 _BARE_PARSER = etree.XMLParser(resolve_entities=False, huge_tree=True)
-_DATA = Path(__file__).resolve().parent.parent / "dev" / "data"
 
 
 def make_envelope(size: int) -> bytes:
     """An unsigned document package of about ``size`` bytes, from a real field sample."""
-    sample = (_DATA / "edoc_update.edxml").read_bytes()
+    sample = (DATA / "edoc_update.edxml").read_bytes()
     start = sample.index(b"<edXML:ContentTransferEncoded")
     start = sample.index(b">", start) + 1
     end = sample.index(b"</edXML:ContentTransferEncoded>", start)

@@ -27,14 +27,10 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import multiprocessing
-import sqlite3
 import ssl
 import statistics
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,15 +42,27 @@ from typing import Any, Final
 import click
 from lxml import etree
 
+from gateway.bench.common import (
+    DOCUMENTS_PATH,
+    GATEWAY,
+    SPAWN,
+    Agency,
+    count_documents,
+    percentile,
+    sign_all,
+    start_node,
+    stop_node,
+    upgrade,
+    work_folder,
+    write_config,
+)
 from gateway.dev.hostile import CASES, normal_of_size
+from gateway.dev.network import free_port
 
 __all__ = ["HostileBenchResult", "run_hostile_bench"]
 
 #: the issue's target: the victim's latency under attack within this factor of its latency alone
 TARGET_LATENCY_RATIO: Final = 2.0
-
-_SPAWN = multiprocessing.get_context("spawn")
-_PATH: Final = "/api/v1/documents"
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ def _connection(port: int, root_cert: Path, cert: Path, key: Path) -> http.clien
 
 
 def _post(conn: http.client.HTTPSConnection, body: bytes) -> tuple[int, bytes]:
-    conn.request("POST", _PATH, body=body, headers={"Content-Type": "application/xml"})
+    conn.request("POST", DOCUMENTS_PATH, body=body, headers={"Content-Type": "application/xml"})
     response = conn.getresponse()
     return response.status, response.read()
 
@@ -206,10 +214,8 @@ def _victim(
     return latencies, failures
 
 
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index] * 1000
+def _ms_at(values: Sequence[float], fraction: float) -> float:
+    return percentile(sorted(values), fraction) * 1000
 
 
 def run_hostile_bench(
@@ -224,34 +230,19 @@ def run_hostile_bench(
 
     ``classes`` picks some of :data:`gateway.dev.hostile.CASES` by name (default: all of them).
     """
-    from gateway.bench.node import (
-        _GATEWAY,
-        _Agency,
-        _free_port,
-        _sign_all,
-        _start_node,
-        _stop_node,
-        _upgrade,
-        _write_config,
-    )
     from gateway.dev.pki import init_ca, issue
 
-    with contextlib.ExitStack() as stack:
-        if keep is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-hostile-")))
-        else:
-            directory = keep
-            directory.mkdir(parents=True, exist_ok=True)
+    with work_folder(keep, "gw-hostile-") as directory:
         pki = directory / "pki"
         ca = init_ca(pki)
         node_paths = issue(pki, node="bench-node")
         agencies = []
         for n in (1, 2):
             paths = issue(pki, agency=f"000.00.{n:02d}.H49")
-            agencies.append(_Agency(code=f"000.00.{n:02d}.H49", key=paths.key, cert=paths.cert))
+            agencies.append(Agency(code=f"000.00.{n:02d}.H49", key=paths.key, cert=paths.cert))
         victim, attacker = agencies
-        port = _free_port()
-        config = _write_config(
+        port = free_port()
+        config = write_config(
             directory / "node.toml",
             node_key=node_paths.key,
             node_cert=node_paths.cert,
@@ -261,9 +252,9 @@ def run_hostile_bench(
             ca=ca,
             log_level="info",
         )
-        _upgrade(config)
+        upgrade(config)
         warm = 10
-        victim_signed, attacker_signed = _sign_all(
+        victim_signed, attacker_signed = sign_all(
             agencies, [2 * victim_documents + warm, 1], 5 * 1024
         )
         names = list(CASES) if classes is None else list(classes)
@@ -272,7 +263,7 @@ def run_hostile_bench(
         echo("refusal cost, in-process (the verifier: the path of ingest and `gateway verify`)")
         refusals = _refusal_costs(config, attacker_signed[0], packages, echo)
 
-        process = _start_node([_GATEWAY], config, directory / "node.log", port, ca.root_cert)
+        process = start_node([GATEWAY], config, directory / "node.log", port, ca.root_cert)
         try:
             _victim(port, ca.root_cert, victim.cert, victim.key, victim_signed[:warm])
             alone, failures_alone = _victim(
@@ -282,9 +273,9 @@ def run_hostile_bench(
                 victim.key,
                 victim_signed[warm : warm + victim_documents],
             )
-            stop = _SPAWN.Event()
-            results: Any = _SPAWN.Queue()
-            attack = _SPAWN.Process(
+            stop = SPAWN.Event()
+            results: Any = SPAWN.Queue()
+            attack = SPAWN.Process(
                 target=_attacker_process,
                 args=(
                     port,
@@ -313,24 +304,19 @@ def run_hostile_bench(
             sent, codes = results.get(timeout=300)
             attack.join(timeout=30)
         finally:
-            _stop_node(process)
-        with contextlib.closing(
-            sqlite3.connect(f"file:{directory / 'node.db'}?mode=ro", uri=True)
-        ) as conn:
-            (stored_hostile,) = conn.execute(
-                "SELECT count(*) FROM documents WHERE sender = ?", (attacker.code,)
-            ).fetchone()
+            stop_node(process)
+        stored_hostile = count_documents(directory / "node.db", sender=attacker.code)
 
         result = HostileBenchResult(
             refusals=refusals,
             expected={name: CASES[name].code for name in names},
-            victim_alone_p50_ms=_percentile(alone, 0.5),
-            victim_alone_p99_ms=_percentile(alone, 0.99),
-            victim_attacked_p50_ms=_percentile(attacked, 0.5),
-            victim_attacked_p99_ms=_percentile(attacked, 0.99),
+            victim_alone_p50_ms=_ms_at(alone, 0.5),
+            victim_alone_p99_ms=_ms_at(alone, 0.99),
+            victim_attacked_p50_ms=_ms_at(attacked, 0.5),
+            victim_attacked_p99_ms=_ms_at(attacked, 0.99),
             hostile_sent=sent,
             hostile_codes=codes,
-            stored_hostile=int(stored_hostile),
+            stored_hostile=stored_hostile,
             victim_failures=failures_alone + failures_attacked,
         )
         _print(result, echo, attackers=attackers, victim_documents=victim_documents)

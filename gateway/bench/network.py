@@ -37,34 +37,21 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import datetime as dt
-import multiprocessing
 import os
 import signal
-import sqlite3
-import ssl
-import struct
-import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import click
 
-from gateway.bench.node import (
-    _SERIAL,
-    _cpu_seconds,
-    _exchange,
-    _percentile,
-    _sign_batch,
-    _template,
-)
+from gateway.bench.common import SPAWN, cpu_seconds, document_template, percentile, work_folder
+from gateway.bench.pusher import Batch, Pusher, Target, sign_phase
+from gateway.bench.watch import Watch, await_count, await_quiet
 from gateway.dev.network import Network, _issued_paths
 from gateway.settings import DeliverySettings, load_settings
 
@@ -82,13 +69,8 @@ DISTRICT: Final = "h49-halong"
 #: the nodes a document passes, in order
 PATH: Final = (COMMUNE, DISTRICT, "h49", "central")
 
-_PATH: Final = "/api/v1/documents"
-_SPAWN = multiprocessing.get_context("spawn")
 #: phases, as the first digit of each document's serial
 _WARM, _BASELINE, _E2E, _BACKLOG = 1, 2, 3, 4
-_SIGN_BATCH: Final = 100
-#: give up when the awaited count has not moved for this long
-_STALL_SECONDS: Final = 120.0
 
 
 @dataclass(frozen=True)
@@ -135,312 +117,9 @@ class NetworkBenchResult:
         return self.drain_docs_per_second >= TARGET_DRAIN_DOCS_PER_SECOND
 
 
-# --- documents ---------------------------------------------------------------------------------
-
-
-def _serial(phase: int, n: int) -> str:
-    text = f"{phase}{n:07d}"
-    assert len(text) == len(_SERIAL)
-    return text
-
-
 def _document_id(serial: str) -> str:
-    """The DocumentId :func:`gateway.bench.node._template` gives the commune's document."""
+    """The DocumentId :func:`~gateway.bench.common.document_template` gives the commune's."""
     return f"{COMMUNE_AGENCY},2026/11/23,{serial}/BENCH"
-
-
-def _sign_to_file(key: str, cert: str, template: bytes, serials: list[str], path: str) -> int:
-    """Sign one document per serial into ``path`` (runs in a worker process)."""
-    signed = _sign_batch(key, cert, template, serials)
-    with open(path, "wb") as out:
-        for body in signed:
-            out.write(struct.pack(">I", len(body)))
-            out.write(body)
-    return sum(len(b) for b in signed)
-
-
-def _read_file(path: str) -> list[bytes]:
-    data = Path(path).read_bytes()
-    bodies, offset = [], 0
-    while offset < len(data):
-        (size,) = struct.unpack_from(">I", data, offset)
-        bodies.append(data[offset + 4 : offset + 4 + size])
-        offset += 4 + size
-    return bodies
-
-
-@dataclass
-class _Batch:
-    """Signed documents of one phase: their serials, and the files they are written to."""
-
-    serials: list[str]
-    files: list[str]
-    jobs: list[Future[int]] = field(default_factory=list)
-
-    def wait(self) -> int:
-        """Bytes signed (waits for the workers)."""
-        return sum(job.result() for job in self.jobs)
-
-
-def _sign(
-    pool: ProcessPoolExecutor,
-    key: tuple[Path, Path],
-    template: bytes,
-    phase: int,
-    count: int,
-    folder: Path,
-    first: int = 0,
-) -> _Batch:
-    serials = [_serial(phase, n) for n in range(first, first + count)]
-    batch = _Batch(serials=serials, files=[])
-    for start in range(0, count, _SIGN_BATCH):
-        path = folder / f"signed-{phase}-{first + start:07d}.bin"
-        chunk = serials[start : start + _SIGN_BATCH]
-        args = (str(key[0]), str(key[1]), template, chunk, str(path))
-        batch.jobs.append(pool.submit(_sign_to_file, *args))
-        batch.files.append(str(path))
-    return batch
-
-
-# --- the clients (their own process) -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Target:
-    """The commune node as the agency's DMS reaches it."""
-
-    port: int
-    root_cert: str
-    cert: str
-    key: str
-
-    @property
-    def head(self) -> bytes:
-        """The request head, ``%d`` standing for the body's length."""
-        return (
-            f"POST {_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-            "Content-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
-        ).encode("ascii")
-
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        context = ssl.create_default_context(cafile=self.root_cert)
-        context.load_cert_chain(self.cert, self.key)
-        return await asyncio.open_connection("127.0.0.1", self.port, ssl=context)
-
-
-def _client_process(target: _Target, commands: Any, replies: Any) -> None:
-    """Serve push commands until ``None``: for each, connect and warm up, wait for "go", push.
-
-    A command is ``(connections, warm_files, files)``. The connections take the documents in
-    order from one shared list (each has one request in flight); each document's push start and
-    end are recorded on the wall clock (``time.time``), which the nodes' ``received_at`` also
-    use. The connections are closed after each command.
-    """
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-        while (command := commands.get()) is not None:
-            replies.put(("done", _push_phase(loop, target, command, commands, replies)))
-        loop.close()
-    except BaseException:
-        replies.put(("error", traceback.format_exc()))
-
-
-def _push_phase(
-    loop: asyncio.AbstractEventLoop,
-    target: _Target,
-    command: tuple[int, list[str], list[str]],
-    commands: Any,
-    replies: Any,
-) -> tuple[list[float], list[float], float, list[str]]:
-    connections, warm_files, files = command
-    head = target.head
-    warm = [body for name in warm_files for body in _read_file(name)]
-    bodies = [body for name in files for body in _read_file(name)]
-    streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    starts = [0.0] * len(bodies)
-    ends = [0.0] * len(bodies)
-    failures: list[str] = []
-    cursor = [0]
-
-    async def open_all() -> None:
-        for _ in range(connections):
-            streams.append(await target.connect())
-        for n, body in enumerate(warm):
-            reader, writer = streams[n % len(streams)]
-            status, answer = await _exchange(reader, writer, head, body)
-            if status != 202:
-                raise RuntimeError(f"warm-up answered {status}: {answer[:500]!r}")
-
-    async def push(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while cursor[0] < len(bodies):
-            index = cursor[0]
-            cursor[0] += 1
-            starts[index] = time.time()
-            status, answer = await _exchange(reader, writer, head, bodies[index])
-            ends[index] = time.time()
-            if status != 202:
-                failures.append(f"{status}: {answer[:300]!r}")
-
-    async def push_all() -> None:
-        await asyncio.gather(*(push(r, w) for r, w in streams))
-
-    loop.run_until_complete(open_all())
-    replies.put(("ready", None))
-    if commands.get() != "go":
-        raise RuntimeError("the client process expected go")
-    cpu0 = time.process_time()
-    loop.run_until_complete(push_all())
-    cpu = time.process_time() - cpu0
-    for _, writer in streams:
-        writer.close()
-    loop.run_until_complete(asyncio.sleep(0))
-    return starts, ends, cpu, failures
-
-
-@dataclass
-class _Pushed:
-    starts: list[float]
-    ends: list[float]
-    client_cpu: float
-    failures: list[str]
-
-    @property
-    def wall(self) -> float:
-        return max(self.ends) - min(self.starts)
-
-
-class _Pusher:
-    """The client process (one for the whole run), pushing as the commune agency's DMS."""
-
-    def __init__(self, net: Network) -> None:
-        assert net.ca is not None
-        cert, key = _issued_paths(net.pki, COMMUNE_AGENCY)
-        self._commands: Any = _SPAWN.Queue()
-        self._replies: Any = _SPAWN.Queue()
-        self._process = _SPAWN.Process(
-            target=_client_process,
-            args=(
-                _Target(net.nodes[COMMUNE].port, str(net.ca.root_cert), str(cert), str(key)),
-                self._commands,
-                self._replies,
-            ),
-            daemon=True,
-        )
-        self._process.start()
-
-    def _reply(self, expected: str, timeout: float) -> Any:
-        kind, payload = self._replies.get(timeout=timeout)
-        if kind != expected:
-            raise click.ClickException(f"the client process failed:\n{payload}")
-        return payload
-
-    def prepare(self, connections: int, batch: _Batch, warm: _Batch | None) -> None:
-        """Connect and send the warm-up documents (not timed); push on :meth:`go`."""
-        warm_files = warm.files if warm is not None else []
-        self._commands.put((connections, warm_files, batch.files))
-        self._reply("ready", 300)
-
-    def go(self) -> None:
-        self._commands.put("go")
-
-    def result(self) -> _Pushed:
-        starts, ends, cpu, failures = self._reply("done", 7200)
-        return _Pushed(starts=starts, ends=ends, client_cpu=cpu, failures=failures)
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            self._commands.put(None)
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-
-
-# --- watching the nodes (their SQLite files, read-only) ----------------------------------------
-
-
-class _Watch:
-    """Read-only connections to every node's SQLite file: counts and arrival times."""
-
-    def __init__(self, net: Network) -> None:
-        self._conns = {
-            name: sqlite3.connect(
-                f"file:{running.folder / 'node.db'}?mode=ro", uri=True, check_same_thread=False
-            )
-            for name, running in net.nodes.items()
-        }
-
-    def count(self, node: str, sql: str, *args: Any) -> int:
-        (value,) = self._conns[node].execute(sql, args).fetchone()
-        return int(value)
-
-    def delivered(self, node: str, recipient: str, states: Sequence[str] = ("delivered",)) -> int:
-        """Delivery rows for ``recipient`` at ``node`` in ``states`` (an index-only count)."""
-        marks = ",".join("?" * len(states))
-        return self.count(
-            node,
-            f"SELECT count(*) FROM deliveries WHERE recipient = ? AND state IN ({marks})",  # noqa: S608
-            recipient,
-            *states,
-        )
-
-    def waiting(self) -> int:
-        """Outbox rows waiting (or leased) on every node."""
-        return sum(
-            self.count(name, "SELECT count(*) FROM deliveries WHERE next_attempt_at IS NOT NULL")
-            for name in self._conns
-        )
-
-    def arrivals(self, node: str, sender: str) -> dict[str, float]:
-        """DocumentId -> ``received_at`` (POSIX seconds) of the documents from ``sender``."""
-        rows = self._conns[node].execute(
-            "SELECT document_id, received_at FROM documents WHERE kind = 'document' AND sender = ?",
-            (sender,),
-        )
-        return {doc: _posix(at) for doc, at in rows}
-
-    def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-
-
-def _posix(stored: str) -> float:
-    """A ``UTCDateTime`` as SQLite stores it (naive, UTC) in POSIX seconds."""
-    return dt.datetime.fromisoformat(stored).replace(tzinfo=dt.UTC).timestamp()
-
-
-def _await_count(what: str, count: Callable[[], int], target: int, *, every: float = 0.1) -> float:
-    """Poll ``count`` until it reaches ``target``; the time it did. Fails when stalled."""
-    last, moved = -1, time.monotonic()
-    while True:
-        now = count()
-        if now >= target:
-            return time.time()
-        if now != last:
-            last, moved = now, time.monotonic()
-        elif time.monotonic() - moved > _STALL_SECONDS:
-            raise click.ClickException(
-                f"{what}: stuck at {now} of {target} for {_STALL_SECONDS:.0f} s"
-            )
-        time.sleep(every)
-
-
-def _await_quiet(watch: _Watch, *, every: float = 0.2) -> float:
-    """Wait until no outbox row waits on any node (twice in a row); the time it was so."""
-    quiet = 0
-    last, moved = -1, time.monotonic()
-    while quiet < 2:
-        waiting = watch.waiting()
-        quiet = quiet + 1 if waiting == 0 else 0
-        if waiting != last:
-            last, moved = waiting, time.monotonic()
-        elif waiting and time.monotonic() - moved > _STALL_SECONDS:
-            raise click.ClickException(f"{waiting} outbox rows still waiting, not moving")
-        time.sleep(every)
-    return time.time()
 
 
 def _cpu(net: Network, names: Sequence[str] = PATH) -> dict[str, float]:
@@ -448,7 +127,7 @@ def _cpu(net: Network, names: Sequence[str] = PATH) -> dict[str, float]:
     for name in names:
         process = net.nodes[name].process
         assert process is not None, f"{name} is not running"
-        out[name] = _cpu_seconds(process.pid)
+        out[name] = cpu_seconds(process.pid)
     return out
 
 
@@ -474,18 +153,8 @@ class _Steps:
         self.last = now
 
 
-@contextlib.contextmanager
-def _folder(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="gw-net-") as name:
-        yield Path(name)
-
-
 def _baseline(
-    net: Network, pusher: _Pusher, clients: int, batch: _Batch, warm: _Batch
+    net: Network, pusher: Pusher, clients: int, batch: Batch, warm: Batch
 ) -> tuple[int, float, float, list[str]]:
     """Push ``batch`` (addressed to the commune itself); (documents, wall s, CPU s, failures)."""
     pusher.prepare(clients, batch, warm)
@@ -526,32 +195,43 @@ def run_network_bench(
         delivery["tick_interval"] = tick_interval
 
     with contextlib.ExitStack() as stack:
-        directory = stack.enter_context(_folder(keep))
+        directory = stack.enter_context(work_folder(keep, "gw-net-"))
         net = stack.enter_context(Network(directory / "net", settings={"delivery": delivery}))
         steps = _Steps()
         net.create()
-        pusher = stack.enter_context(contextlib.closing(_Pusher(net)))
+        assert net.ca is not None
+        agency_cert, agency_key = _issued_paths(net.pki, COMMUNE_AGENCY)
+        target = Target(
+            net.nodes[COMMUNE].port, str(net.ca.root_cert), str(agency_cert), str(agency_key)
+        )
+        pusher = stack.enter_context(contextlib.closing(Pusher(target)))
         settings = load_settings(net.nodes[COMMUNE].config, environ={})
         key = _issued_paths(net.pki, COMMUNE_AGENCY)[::-1]  # (key, cert)
         signed = directory / "signed"
         signed.mkdir(exist_ok=True)
-        content = size - len(_template(COMMUNE_AGENCY, MINISTRY, 16)) + 16
-        local = _template(COMMUNE_AGENCY, COMMUNE_AGENCY, content)
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 2, mp_context=_SPAWN) as pool:
+        content = size - len(document_template(COMMUNE_AGENCY, MINISTRY, 16)) + 16
+        local = document_template(COMMUNE_AGENCY, COMMUNE_AGENCY, content)
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 2, mp_context=SPAWN) as pool:
             warm = [
-                _sign(pool, key, local, _WARM, clients, signed, first=n * clients) for n in range(4)
+                sign_phase(pool, key, local, _WARM, clients, signed, first=n * clients)
+                for n in range(4)
             ]
             halves = [
-                _sign(pool, key, local, _BASELINE, base // 2, signed),
-                _sign(pool, key, local, _BASELINE, base - base // 2, signed, first=base // 2),
+                sign_phase(pool, key, local, _BASELINE, base // 2, signed),
+                sign_phase(pool, key, local, _BASELINE, base - base // 2, signed, first=base // 2),
             ]
-            e2e = _sign(
-                pool, key, _template(COMMUNE_AGENCY, MINISTRY, content), _E2E, documents, signed
-            )
-            queued = _sign(
+            e2e = sign_phase(
                 pool,
                 key,
-                _template(COMMUNE_AGENCY, DISTRICT_AGENCY, content),
+                document_template(COMMUNE_AGENCY, MINISTRY, content),
+                _E2E,
+                documents,
+                signed,
+            )
+            queued = sign_phase(
+                pool,
+                key,
+                document_template(COMMUNE_AGENCY, DISTRICT_AGENCY, content),
                 _BACKLOG,
                 backlog,
                 signed,
@@ -569,7 +249,7 @@ def run_network_bench(
         net.start()
         steps.mark("start")
         load_before = os.getloadavg()[0]
-        watch = stack.enter_context(contextlib.closing(_Watch(net)))
+        watch = stack.enter_context(contextlib.closing(Watch(net)))
         return _run(
             net,
             watch,
@@ -589,14 +269,14 @@ def run_network_bench(
 
 def _run(
     net: Network,
-    watch: _Watch,
-    pusher: _Pusher,
+    watch: Watch,
+    pusher: Pusher,
     *,
     clients: int,
-    warm: list[_Batch],
-    halves: list[_Batch],
-    e2e: _Batch,
-    queued: _Batch,
+    warm: list[Batch],
+    halves: list[Batch],
+    e2e: Batch,
+    queued: Batch,
     mean_size: float,
     delivery: DeliverySettings,
     load_before: float,
@@ -615,18 +295,18 @@ def _run(
     pusher.prepare(clients, e2e, warm[1])
     cpu0 = _cpu(net)
     pusher.go()
-    _await_count("arrivals at central", lambda: watch.delivered("central", MINISTRY), documents)
+    await_count("arrivals at central", lambda: watch.delivered("central", MINISTRY), documents)
     cpu1 = _cpu(net)
     pushed = pusher.result()
     failures += pushed.failures
     steps.mark("end to end")
     # every "delivered" notice back at the commune, and nothing waiting anywhere
-    _await_count(
+    await_count(
         "delivered notices at the commune",
         lambda: watch.delivered(COMMUNE, MINISTRY),
         documents,
     )
-    quiet_at = _await_quiet(watch)
+    quiet_at = await_quiet(watch)
     cpu2 = _cpu(net)
     steps.mark("quiet")
     arrivals = watch.arrivals("central", COMMUNE_AGENCY)
@@ -645,7 +325,7 @@ def _run(
     base_cpu = sum(r[2] for r in runs)
 
     # 4. backlog: the district is down while the commune takes the documents, then comes back
-    _await_quiet(watch)
+    await_quiet(watch)
     net.stop(DISTRICT, signal.SIGKILL)  # an outage: the machine or the line is gone
     steps.mark("stop district")
     pusher.prepare(clients, queued, warm[3])
@@ -670,7 +350,7 @@ def _run(
     up = time.time()
     steps.mark("restart district")
     drain_cpu0 = _cpu(net, [COMMUNE, DISTRICT])
-    _await_count(
+    await_count(
         "backlog at the district",
         lambda: watch.delivered(DISTRICT, DISTRICT_AGENCY),
         backlog,
@@ -685,7 +365,7 @@ def _run(
     ]
     drained = watch.delivered(DISTRICT, DISTRICT_AGENCY)
     drain_first, drain_last = min(drain_arrivals), max(drain_arrivals)
-    notices_back = _await_count(
+    notices_back = await_count(
         "delivered notices for the backlog at the commune",
         lambda: watch.delivered(COMMUNE, DISTRICT_AGENCY),
         backlog,
@@ -702,8 +382,8 @@ def _run(
         baseline_docs_per_second=base_docs / base_wall,
         baseline_cpu_ms=base_cpu / base_docs * 1000,
         e2e_docs_per_second=len(arrived) / e2e_wall,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
         cpu_ms=_per_doc_ms(cpu1, cpu0, documents),
         cpu_ms_quiet=_per_doc_ms(cpu2, cpu0, documents),
         arrived=len(arrived),

@@ -33,20 +33,10 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import http.client
-import multiprocessing
 import os
-import shutil
-import signal
-import socket
-import sqlite3
 import ssl
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -54,31 +44,34 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Final
 
 import click
-from lxml import etree
 
-from gateway.envelope.model import EDXML_NS
+from gateway.bench.common import (
+    GATEWAY,
+    SPAWN,
+    Agency,
+    count_documents,
+    cpu_seconds,
+    exchange,
+    ms_per,
+    percentile,
+    request_head,
+    sign_all,
+    start_node,
+    stop_node,
+    upgrade,
+    work_folder,
+    write_config,
+)
+from gateway.dev.network import free_port
 
 __all__ = ["NodeBenchResult", "run_node_bench"]
 
 #: the issue's targets on this 2-core machine
 TARGET_DOCS_PER_SECOND: Final = 300.0
 TARGET_CPU_RATIO: Final = 1.5
-
-_SAMPLE: Final = Path(__file__).resolve().parent.parent / "dev" / "data" / "edoc_update.edxml"
-_GATEWAY: Final = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
-#: stands for each document's serial in the unsigned template (same width as the serial)
-_SERIAL: Final = b"@SERIAL@"
-_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
-_PATH: Final = "/api/v1/documents"
-_SPAWN = multiprocessing.get_context("spawn")
-
-
-def _q(name: str) -> str:
-    return f"{{{EDXML_NS}}}{name}"
 
 
 @dataclass(frozen=True)
@@ -113,177 +106,6 @@ class NodeBenchResult:
         return self.ratio <= TARGET_CPU_RATIO
 
 
-@dataclass(frozen=True)
-class _Agency:
-    code: str
-    key: Path
-    cert: Path
-
-
-# --- documents -------------------------------------------------------------------------------
-
-
-def _template(sender: str, recipient: str, content_chars: int) -> bytes:
-    """An unsigned document From ``sender`` To ``recipient`` whose DocumentId holds _SERIAL."""
-    root = etree.fromstring(_SAMPLE.read_bytes(), _PARSER)
-    header = root.find(f"{_q('edXMLEnvelope')}/{_q('edXMLHeader')}")
-    assert header is not None
-    for old in header.findall("{*}Signature"):
-        header.remove(old)
-    message = header.find(_q("MessageHeader"))
-    assert message is not None
-    organ = message.find(f"{_q('From')}/{_q('OrganId')}")
-    assert organ is not None
-    organ.text = sender
-    tos = message.findall(_q("To"))
-    for extra in tos[1:]:
-        message.remove(extra)
-    to_organ = tos[0].find(_q("OrganId"))
-    assert to_organ is not None
-    to_organ.text = recipient
-    document_id = message.find(_q("DocumentId"))
-    assert document_id is not None
-    document_id.text = f"{sender},2026/11/23,{_SERIAL.decode()}/BENCH"
-    for trace in header.iter(_q("TraceHeader")):
-        trace_organ = trace.find(_q("OrganId"))
-        if trace_organ is not None:
-            trace_organ.text = sender
-    business = header.find(f"{_q('TraceHeaderList')}/{_q('Bussiness')}")
-    if business is not None:
-        parent = business.getparent()
-        assert parent is not None
-        parent.remove(business)
-    for n, encoded in enumerate(root.iter(_q("ContentTransferEncoded"))):
-        room = max(content_chars, 16) if n == 0 else 16
-        raw = os.urandom(room * 3 // 4 + 3)
-        encoded.text = base64.b64encode(raw).decode("ascii")[: room - room % 4]
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
-
-
-_KEYS: dict[tuple[str, str], Any] = {}
-
-
-def _sign_batch(key: str, cert: str, template: bytes, serials: Sequence[str]) -> list[bytes]:
-    """Sign one document per serial (runs in a worker process; keys loaded once per worker)."""
-    from gateway.trust.signing import SigningKey, sign_package
-
-    loaded = _KEYS.get((key, cert))
-    if loaded is None:
-        loaded = _KEYS[(key, cert)] = SigningKey.load(Path(key), Path(cert))
-    return [sign_package(template.replace(_SERIAL, s.encode("ascii")), loaded) for s in serials]
-
-
-def _serial(client: int, n: int) -> str:
-    text = f"{client:02d}{n:06d}"
-    assert len(text) == len(_SERIAL)
-    return text
-
-
-# --- the node ----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _write_config(
-    path: Path,
-    *,
-    node_key: Path,
-    node_cert: Path,
-    agencies: Sequence[str],
-    database: Path,
-    port: int,
-    ca: Any,
-    log_level: str,
-    workers: int = 1,
-) -> Path:
-    from gateway.dev.nodeconfig import write_node_config
-
-    issued = SimpleNamespace(key=node_key, cert=node_cert)
-    return write_node_config(
-        path,
-        name="bench-node",
-        agencies=agencies,
-        node=issued,  # type: ignore[arg-type]  # only .key and .cert are read
-        ca=ca,
-        database_url=f"sqlite:///{database}",
-        port=port,
-        extra={"logging": {"level": log_level}, "server": {"workers": workers}},
-    )
-
-
-def _upgrade(config: Path) -> None:
-    done = subprocess.run(
-        [_GATEWAY, "db", "upgrade", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise click.ClickException(f"gateway db upgrade failed: {done.stderr[-2000:]}")
-
-
-def _start_node(
-    command: Sequence[str], config: Path, log: Path, port: int, root_cert: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
-    context = ssl.create_default_context(cafile=str(root_cert))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException(f"the node exited: {log.read_text()[-3000:]}")
-        probe = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
-        try:
-            probe.request("GET", "/healthz")
-            if probe.getresponse().status == 200:
-                return process
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            probe.close()
-    _stop_node(process)
-    raise click.ClickException(f"the node did not come up: {log.read_text()[-3000:]}")
-
-
-def _stop_node(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process and its live descendants, every thread.
-
-    Read from ``/proc/<pid>/stat`` (utime + stime); the descendants count so that a node that
-    forks workers (uvicorn ``--workers``) is measured whole.
-    """
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is field 3 (state): utime and stime are fields 14 and 15
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(FileNotFoundError):
-                pending.extend(int(child) for child in task.read_text().split())
-    return total
-
-
 # --- the clients (their own process) -----------------------------------------------------------
 
 
@@ -293,23 +115,6 @@ class _Connection:
     key: str
     warm: list[bytes]
     documents: list[bytes]
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
-) -> tuple[int, bytes]:
-    writer.write(head % len(body) + body)
-    header = await reader.readuntil(b"\r\n\r\n")
-    lines = header.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    if length is None:
-        raise RuntimeError(f"no content-length in the node's answer: {header!r}")
-    return status, await reader.readexactly(length)
 
 
 def _client_process(
@@ -326,10 +131,7 @@ def _client_process(
 
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
-        head = (
-            f"POST {_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Content-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
-        ).encode("ascii")
+        head = request_head(port)
         streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         failures: list[str] = []
 
@@ -340,7 +142,7 @@ def _client_process(
                 streams.append(await asyncio.open_connection("127.0.0.1", port, ssl=context))
             for (reader, writer), spec in zip(streams, connections, strict=True):
                 for body in spec.warm:
-                    status, answer = await _exchange(reader, writer, head, body)
+                    status, answer = await exchange(reader, writer, head, body)
                     if status != 202:
                         raise RuntimeError(f"warm-up answered {status}: {answer[:500]!r}")
 
@@ -350,7 +152,7 @@ def _client_process(
             latencies = []
             for body in bodies:
                 t0 = time.perf_counter()
-                status, answer = await _exchange(reader, writer, head, body)
+                status, answer = await exchange(reader, writer, head, body)
                 latencies.append(time.perf_counter() - t0)
                 if status != 202:
                     failures.append(f"{status}: {answer[:300]!r}")
@@ -386,7 +188,7 @@ def _client_process(
 
 
 def _floor_process(
-    config: str, log: str, agencies: list[_Agency], batches: list[tuple[int, list[bytes]]]
+    config: str, log: str, agencies: list[Agency], batches: list[tuple[int, list[bytes]]]
 ) -> tuple[int, float, float, float]:
     """Ingest ``batches`` in-process: (documents measured, CPU s, wall s, verify-only CPU s).
 
@@ -440,36 +242,6 @@ def _floor_process(
 # --- the run -----------------------------------------------------------------------------------
 
 
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def _ms_per(seconds: float, count: int) -> float:
-    return seconds / count * 1000 if count else float("nan")
-
-
-def _sign_all(agencies: Sequence[_Agency], counts: Sequence[int], size: int) -> list[list[bytes]]:
-    """``counts[c]`` signed documents From agency ``c`` To agency ``c + 1``, in 2 processes."""
-    codes = [a.code for a in agencies]
-    # ``size`` is the package before signing, as in `gateway bench envelopes`; the signature
-    # and the two embedded certificates (leaf, intermediate) add about 4 KB on the wire
-    content = size - len(_template(codes[0], codes[1 % len(codes)], 16)) + 16
-    signed: list[list[bytes]] = [[] for _ in agencies]
-    with ProcessPoolExecutor(max_workers=2, mp_context=_SPAWN) as pool:
-        jobs = []
-        for c, agency in enumerate(agencies):
-            template = _template(codes[c], codes[(c + 1) % len(codes)], content)
-            serials = [_serial(c, n) for n in range(counts[c])]
-            for first in range(0, len(serials), 100):
-                batch = serials[first : first + 100]
-                args = (str(agency.key), str(agency.cert), template, batch)
-                jobs.append((c, pool.submit(_sign_batch, *args)))
-        for c, job in jobs:
-            signed[c].extend(job.result())
-    return signed
-
-
 def _floor_halves(
     pushed: Sequence[Sequence[bytes]], count: int
 ) -> tuple[list[tuple[int, list[bytes]]], list[tuple[int, list[bytes]]]]:
@@ -489,9 +261,9 @@ def _floor_halves(
 
 
 def _run_floor(
-    config: Path, log: Path, agencies: list[_Agency], batches: list[tuple[int, list[bytes]]]
+    config: Path, log: Path, agencies: list[Agency], batches: list[tuple[int, list[bytes]]]
 ) -> tuple[int, float, float, float]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=_SPAWN) as one:
+    with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as one:
         return one.submit(_floor_process, str(config), str(log), agencies, batches).result()
 
 
@@ -506,12 +278,12 @@ def _push(
     processes: int,
 ) -> tuple[list[_Outcome], float]:
     """Run the client processes; (their outcomes, the node's CPU seconds while they pushed)."""
-    ready: Any = _SPAWN.Queue()
-    results: Any = _SPAWN.Queue()
-    go = _SPAWN.Event()
+    ready: Any = SPAWN.Queue()
+    results: Any = SPAWN.Queue()
+    go = SPAWN.Event()
     groups = [connections[p::processes] for p in range(processes)]
     workers = [
-        _SPAWN.Process(
+        SPAWN.Process(
             target=_client_process,
             args=(port, str(root_cert), group, ready, go, results),
             daemon=True,
@@ -526,7 +298,7 @@ def _push(
             kind, message = ready.get(timeout=300)
             if kind != "ready":
                 raise click.ClickException(f"a client process failed:\n{message}")
-        cpu0 = _cpu_seconds(node_pid)
+        cpu0 = cpu_seconds(node_pid)
         go.set()
         outcomes = []
         for _ in workers:
@@ -534,7 +306,7 @@ def _push(
             if kind != "done":
                 raise click.ClickException(f"a client process failed:\n{payload}")
             outcomes.append(payload)
-        return outcomes, _cpu_seconds(node_pid) - cpu0
+        return outcomes, cpu_seconds(node_pid) - cpu0
     finally:
         for worker in workers:
             worker.join(timeout=10)
@@ -576,12 +348,7 @@ def run_node_bench(
         raise click.BadParameter("at most 99 clients (one agency code each)")
     from gateway.dev.pki import init_ca, issue
 
-    with contextlib.ExitStack() as stack:
-        if keep is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-node-")))
-        else:
-            directory = keep
-            directory.mkdir(parents=True, exist_ok=True)
+    with work_folder(keep, "gw-node-") as directory:
         setup0 = time.perf_counter()
         load_before = os.getloadavg()[0]
         pki = directory / "pki"
@@ -590,10 +357,10 @@ def run_node_bench(
         agencies = []
         for n in range(1, clients + 1):
             paths = issue(pki, agency=f"000.00.{n:02d}.H49")
-            agencies.append(_Agency(code=f"000.00.{n:02d}.H49", key=paths.key, cert=paths.cert))
-        port = _free_port()
+            agencies.append(Agency(code=f"000.00.{n:02d}.H49", key=paths.key, cert=paths.cert))
+        port = free_port()
         configs = [
-            _write_config(
+            write_config(
                 directory / f"{name}.toml",
                 node_key=node_paths.key,
                 node_cert=node_paths.cert,
@@ -607,10 +374,10 @@ def run_node_bench(
             for name in ("node", "floor")
         ]
         for config in configs:
-            _upgrade(config)
+            upgrade(config)
 
         per_client = [documents // clients + (c < documents % clients) for c in range(clients)]
-        signed = _sign_all(agencies, [n + warm for n in per_client], size)
+        signed = sign_all(agencies, [n + warm for n in per_client], size)
         pushed = [docs[warm:] for docs in signed]
         mean_size = statistics.fmean(len(d) for docs in pushed for d in docs)
         echo(
@@ -622,8 +389,8 @@ def run_node_bench(
         halves = _floor_halves(pushed, min(floor_documents, documents))
         floor_log = directory / "floor.log"
         floor_runs = [_run_floor(configs[1], floor_log, agencies, halves[0])]
-        process = _start_node(
-            node_command or [_GATEWAY], configs[0], directory / "node.log", port, ca.root_cert
+        process = start_node(
+            node_command or [GATEWAY], configs[0], directory / "node.log", port, ca.root_cert
         )
         try:
             connections = [
@@ -634,7 +401,7 @@ def run_node_bench(
                 process.pid, port, ca.root_cert, connections, client_processes
             )
         finally:
-            _stop_node(process)
+            stop_node(process)
         floor_runs.append(_run_floor(configs[1], floor_log, agencies, halves[1]))
         load_after = os.getloadavg()[0]
 
@@ -648,19 +415,19 @@ def run_node_bench(
             mean_size=mean_size,
             wall_seconds=wall,
             docs_per_second=len(latencies) / wall,
-            p50_ms=_percentile(latencies, 0.50) * 1000,
-            p99_ms=_percentile(latencies, 0.99) * 1000,
-            node_cpu_ms=_ms_per(node_cpu, len(latencies)),
-            floor_cpu_ms=_ms_per(sum(r[1] for r in floor_runs), floor_count),
-            floor_verify_ms=_ms_per(sum(r[3] for r in floor_runs), floor_count),
-            client_cpu_ms=_ms_per(sum(o[2] for o in outcomes), len(latencies)),
+            p50_ms=percentile(latencies, 0.50) * 1000,
+            p99_ms=percentile(latencies, 0.99) * 1000,
+            node_cpu_ms=ms_per(node_cpu, len(latencies)),
+            floor_cpu_ms=ms_per(sum(r[1] for r in floor_runs), floor_count),
+            floor_verify_ms=ms_per(sum(r[3] for r in floor_runs), floor_count),
+            client_cpu_ms=ms_per(sum(o[2] for o in outcomes), len(latencies)),
             failures=len(failures),
-            stored=_count_documents(directory / "node.db"),
+            stored=count_documents(directory / "node.db"),
             figures={
                 "node_cores_busy": node_cpu / wall,
-                "floor_wall_ms": _ms_per(sum(r[2] for r in floor_runs), floor_count),
-                "floor_cpu_ms_before": _ms_per(floor_runs[0][1], floor_runs[0][0]),
-                "floor_cpu_ms_after": _ms_per(floor_runs[1][1], floor_runs[1][0]),
+                "floor_wall_ms": ms_per(sum(r[2] for r in floor_runs), floor_count),
+                "floor_cpu_ms_before": ms_per(floor_runs[0][1], floor_runs[0][0]),
+                "floor_cpu_ms_after": ms_per(floor_runs[1][1], floor_runs[1][0]),
                 "load_before": load_before,
                 "load_after": load_after,
             },
@@ -670,12 +437,6 @@ def run_node_bench(
         if failures:
             echo(f"first failure: {failures[0]}")
         return result
-
-
-def _count_documents(database: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-        (count,) = conn.execute("SELECT count(*) FROM documents").fetchone()
-    return int(count)
 
 
 def _print(

@@ -14,8 +14,6 @@ migrated (``error: CODE: message`` on stderr). Checkpoint certificates are check
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -23,29 +21,13 @@ import sqlalchemy
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from gateway.errors import (
-    DatabaseNotMigrated,
-    DatabaseUnavailable,
-    GatewayError,
-    UsageError,
-)
+from gateway.cli.exits import EXIT_INVALID, EXIT_OK, exit_on_error
+from gateway.errors import DatabaseNotMigrated, DatabaseUnavailable, UsageError
 from gateway.evidence.audit import AuditReport, verify
 from gateway.settings import Settings, load_settings
 from gateway.trust.store import TrustStore
 
 __all__ = ["audit"]
-
-EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
-
-
-@contextmanager
-def _usage_errors() -> Iterator[None]:
-    """Any gateway error before the report exists is a usage error (exit 2)."""
-    try:
-        yield
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
 
 
 def _engine(settings: Settings) -> Engine:
@@ -142,7 +124,8 @@ def verify_command(config: Path, as_json: bool) -> None:
 
     Exit status 0 when it verifies, 1 when it is broken, 2 on a usage error.
     """
-    with _usage_errors():
+    # any gateway error before the report exists is a usage error (exit 2)
+    with exit_on_error():
         settings = load_settings(config)
         trust = _trust(settings)
         report = _run(settings, trust)
@@ -150,4 +133,4 @@ def verify_command(config: Path, as_json: bool) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         _print(report, trust)
-    raise SystemExit(EXIT_OK if report.ok else EXIT_BROKEN)
+    raise SystemExit(EXIT_OK if report.ok else EXIT_INVALID)

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 from sqlalchemy.engine import Engine
 
-from gateway.errors import GatewayError
+from gateway.cli.exits import exit_on_error
 from gateway.settings import load_settings
 from gateway.storage.db import current_revision, head_revision, make_engine, safe_url, upgrade
 
@@ -36,15 +36,12 @@ _ConfigOption = click.option(
 @contextmanager
 def _engine(config: Path) -> Iterator[Engine]:
     """The node's engine, disposed afterwards; any gateway error becomes exit status 2."""
-    try:
+    with exit_on_error():
         engine = make_engine(load_settings(config))
         try:
             yield engine
         finally:
             engine.dispose()
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(2) from None
 
 
 @click.group(name="db")

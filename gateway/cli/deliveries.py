@@ -21,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from gateway.errors import GatewayError
+from gateway.cli.exits import exit_on_error, fail
+from gateway.errors import UsageError
 from gateway.node.container import Node
 
 __all__ = ["deliveries"]
@@ -39,21 +40,15 @@ def _node(config: Path) -> Iterator[Node]:
     from gateway.settings import load_settings
     from gateway.storage import db
 
-    try:
+    """The node of ``config``, its engine disposed afterwards; any gateway error exits 2."""
+    with exit_on_error():
         settings = load_settings(config)
         engine = db.make_engine(settings)
-        db.require_current(engine, config=config)
-        node = Node.from_settings(settings, engine)
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(2) from None
-    try:
-        yield node
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(2) from None
-    finally:
-        engine.dispose()
+        try:
+            db.require_current(engine, config=config)
+            yield Node.from_settings(settings, engine)
+        finally:
+            engine.dispose()
 
 
 @click.group(name="deliveries")
@@ -102,8 +97,7 @@ def requeue_command(config: Path, ids: tuple[int, ...], all_failed: bool, peer: 
     from gateway.node.admin import list_deliveries, requeue
 
     if bool(ids) == all_failed:
-        click.echo("error: USAGE_ERROR: name delivery ids or pass --all-failed", err=True)
-        raise SystemExit(2)
+        fail(UsageError("name delivery ids or pass --all-failed"))
     with _node(config) as node:
         chosen = list(ids)
         if all_failed:

@@ -19,14 +19,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from gateway import __version__
+from gateway.cli.exits import EXIT_INVALID, EXIT_OK, exit_on_error, fail
 from gateway.envelope.xmlsafe import XMLLimits, read_limited
-from gateway.errors import ConfigError, GatewayError, UsageError, XMLTooLarge
+from gateway.errors import GatewayError, UsageError, XMLTooLarge
 from gateway.settings import Settings, load_settings
 
 __all__ = ["main"]
-
-EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -44,16 +42,9 @@ def _file_option(
     )
 
 
-def _fail_usage(error: GatewayError) -> NoReturn:
-    click.echo(f"error: {error.code}: {error.message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
 def _settings(config: Path | None) -> Settings:
-    try:
+    with exit_on_error():
         return load_settings(config)
-    except ConfigError as exc:
-        _fail_usage(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,19 +81,14 @@ def sign(
 
     settings = _settings(config)
     limits = settings.limits.xml_limits()
-    try:
+    with exit_on_error(refused=EXIT_INVALID):  # a package the signer refuses exits 1
         key = SigningKey.load(key_path, cert_path, chain_paths)
         data = read_limited(infile, limits)
         signed = sign_package(data, key, stamp_trace=not no_stamp, limits=limits)
-    except UsageError as exc:
-        _fail_usage(exc)
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        sys.exit(EXIT_INVALID)
     try:
         output.write_bytes(signed)
     except OSError as exc:
-        _fail_usage(UsageError(f"cannot write {output}: {exc.strerror}"))
+        fail(UsageError(f"cannot write {output}: {exc.strerror}"))
     click.echo(f"signed {infile} -> {output} ({key.algorithm.name}, {len(signed)} bytes)")
 
 
@@ -137,7 +123,7 @@ def verify(
     settings = _settings(config)
     limits = settings.limits.xml_limits()
     anchor_files = anchors or settings.trust.anchors
-    try:
+    with exit_on_error():
         trust = (
             TrustStore.from_pem_files(
                 list(anchor_files),
@@ -147,8 +133,6 @@ def verify(
             if anchor_files
             else None
         )
-    except GatewayError as exc:
-        _fail_usage(exc)
     policy = VerifyPolicy(
         allow_weak_algorithms=allow_weak or settings.verify.allow_weak_algorithms,
         require_revocation_check=require_crl or settings.verify.require_revocation_check,
@@ -162,7 +146,7 @@ def verify(
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))
     else:
         click.echo(report.render_text(str(infile)))
-    sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+    sys.exit(EXIT_OK if report.valid else EXIT_INVALID)
 
 
 def _read_input(infile: Path, limits: XMLLimits, as_json: bool) -> bytes:
@@ -172,7 +156,7 @@ def _read_input(infile: Path, limits: XMLLimits, as_json: bool) -> bytes:
     except XMLTooLarge as exc:
         _report_refused_early(infile, exc, as_json)
     except UsageError as exc:
-        _fail_usage(exc)
+        fail(exc)
 
 
 def _report_refused_early(infile: Path, exc: GatewayError, as_json: bool) -> NoReturn:
@@ -219,7 +203,7 @@ def validate(infile: Path, as_json: bool, config: Path | None) -> None:
         )
     else:
         click.echo(f"{infile}: VALID ({kind.value} package)")
-    sys.exit(EXIT_VALID)
+    sys.exit(EXIT_OK)
 
 
 @main.command()
@@ -231,10 +215,8 @@ def serve(config: Path) -> None:
 
     settings = _settings(config)
     configure(settings.logging.level)
-    try:
+    with exit_on_error():
         run_node(settings, config)
-    except GatewayError as exc:
-        _fail_usage(exc)
 
 
 @main.command()
@@ -248,7 +230,9 @@ def demo(keep: Path | None) -> None:
     a district outage and its backlog."""
     from gateway.dev.demo import run_demo
 
-    sys.exit(run_demo(keep))
+    with exit_on_error():
+        status = run_demo(keep)
+    sys.exit(status)
 
 
 @main.group()

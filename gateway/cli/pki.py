@@ -15,15 +15,15 @@ the files written, serials and bindings; key material is never printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import click
 from cryptography import x509
 
+from gateway.cli.exits import EXIT_INVALID, exit_on_error
 from gateway.dev import pki as dev_pki
-from gateway.errors import GatewayError, UsageError
+from gateway.errors import UsageError
 
 __all__ = ["pki"]
 
@@ -31,21 +31,9 @@ _REASONS = [f.value for f in x509.ReasonFlags if f is not x509.ReasonFlags.remov
 _DirArg = click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn gateway and file-system errors into ``error: CODE: message`` and an exit status."""
-    try:
-        yield
-    except UsageError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(2) from None
-    except GatewayError as exc:
-        click.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise SystemExit(1) from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"error: {UsageError.code}: {exc.strerror or exc}{where}", err=True)
-        raise SystemExit(2) from None
+def _errors() -> AbstractContextManager[None]:
+    """A usage or I/O error exits 2; a refusal by the PKI (a revoked serial, say) exits 1."""
+    return exit_on_error(refused=EXIT_INVALID)
 
 
 def _show(label: str, value: object) -> None:

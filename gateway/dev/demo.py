@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from gateway.dev.network import Network, wait_for
+from gateway.errors import UsageError
 
 __all__ = ["AGENCIES", "DEMO_SETTINGS", "run_demo"]
 
@@ -258,10 +259,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_demo(keep: Path | None = None) -> int:
-    """Run the demonstration; 0 when every step behaved as expected, 1 otherwise."""
+    """Run the demonstration; 0 when every step behaved as expected, 1 otherwise.
+
+    Raises UsageError when ``keep`` names a folder that is not empty.
+    """
     if keep is not None and keep.exists() and any(keep.iterdir()):
-        click.echo(f"error: {keep} is not empty: give a new or empty folder", err=True)
-        return 2
+        raise UsageError(f"{keep} is not empty: give a new or empty folder")
     work = keep if keep is not None else Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     main = threading.current_thread() is threading.main_thread()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -17,7 +17,9 @@ provable path. An auditor rechecks them offline with :func:`verify_hops`::
 ``prev`` is the SHA-256 (hex) of the previous hop record's :func:`hop_digest` (the whole
 signed object, canonical JSON), ``null`` on the first hop. A **failure notice** has the same
 shape with the key ``notice``: the node that delivered a package (or gave up on it) says so,
-signed, and the notice travels back to the sender's node.
+signed, and the notice travels back to the sender's node. Both are sealed objects
+(:mod:`gateway.evidence.sealed`); any fault of their seal is ``RELAY_HOP_SIGNATURE_INVALID``,
+its ``detail["cause"]`` naming the fault.
 
 Usage::
 
@@ -29,39 +31,22 @@ Usage::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from cryptography import x509
-
 from gateway.errors import (
-    CertificateMalformed,
     EnvelopeTampered,
     HopChainBroken,
     HopSignatureInvalid,
     RouteLoop,
     SignatureError,
     TrustError,
-    UnsupportedAlgorithm,
 )
-from gateway.evidence.nodekey import (
-    Algorithm,
-    NodeKey,
-    algorithm_of,
-    canonical_json,
-    certificates_from_pem,
-    check_signature,
-    format_utc,
-    parse_utc,
-)
-from gateway.trust.binding import node_name_of
+from gateway.evidence.nodekey import NodeKey, canonical_json, format_utc, parse_utc
+from gateway.evidence.sealed import open_sealed, seal, trusted_chain
 from gateway.trust.store import TrustStore
 
 __all__ = [
@@ -69,8 +54,6 @@ __all__ = [
     "MAX_HOPS",
     "NOTICE_EVENTS",
     "hop_digest",
-    "open_sealed",
-    "seal",
     "sign_hop",
     "sign_notice",
     "trusted_chain",
@@ -95,106 +78,37 @@ NOTICE_EVENTS: Final = ("delivered", "failed")
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
-def seal(key: NodeKey, label: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """``{label: fields, alg, signature, certificate}``, signed over ``canonical_json(fields)``."""
-    signature = key.sign(canonical_json(dict(fields)))
-    return {
-        label: dict(fields),
-        "alg": key.algorithm.value,
-        "signature": base64.b64encode(signature).decode("ascii"),
-        "certificate": key.certificate_pem,
-    }
-
-
-def open_sealed(
+def _open(
     sealed: Any, label: str, *, trust: TrustStore | None, at: dt.datetime, node: str
 ) -> dict[str, Any]:
-    """Check a sealed object's signature, certificate chain (at ``at``) and node binding.
+    """Check a signed hop record or notice (:mod:`gateway.evidence.sealed`), its certificate
+    chain (at ``at``) and node binding; return its fields.
 
-    Raises :class:`HopSignatureInvalid` for any fault (its detail says which).
+    Any fault is :class:`HopSignatureInvalid`, the code a peer expects for a faulty hop;
+    ``detail["cause"]`` names the fault (``CERT_KEY_WEAK``, ``SIGNATURE_NON_CANONICAL``, ...).
     """
-    if not isinstance(sealed, Mapping) or set(sealed) != {label, "alg", "signature", "certificate"}:
-        raise HopSignatureInvalid(
-            f"a signed {label} has exactly the keys {label}, alg, signature, certificate"
-        )
-    fields = sealed[label]
-    if not isinstance(fields, Mapping):
-        raise HopSignatureInvalid(f"{label} must be a JSON object")
     try:
-        alg = Algorithm(sealed["alg"])
-        pem = sealed["certificate"]
-        text = sealed["signature"]
-        if not isinstance(pem, str) or not isinstance(text, str):
-            raise HopSignatureInvalid(f"the {label}'s certificate and signature must be text")
-        signature = base64.b64decode(text.encode("ascii"), validate=True)
-        leaf, *extra = certificates_from_pem(pem)
-    except (UnsupportedAlgorithm, CertificateMalformed) as exc:
-        raise HopSignatureInvalid(f"the {label} cannot be checked: {exc.message}") from None
-    except (ValueError, binascii.Error, UnicodeEncodeError):
-        raise HopSignatureInvalid(f"the {label}'s signature is not base64") from None
-    try:
-        # Key policy first (CERT_KEY_WEAK), then the signature, in low-S form for ECDSA
-        # (SIGNATURE_NON_CANONICAL): the relay code stays RELAY_HOP_SIGNATURE_INVALID, as a
-        # peer expects for any fault of a signed hop; ``detail["cause"]`` names the fault.
-        check_signature(leaf, canonical_json(dict(fields)), signature)
+        opened = open_sealed(sealed, label)
     except (SignatureError, TrustError) as exc:
         raise HopSignatureInvalid(
-            f"the {label}'s signature does not verify under its certificate: {exc.message}",
+            f"the {label}'s seal is refused: {exc.message}",
             detail={"node": node, "cause": exc.code},
         ) from None
-    if algorithm_of(leaf) is not alg:
-        raise HopSignatureInvalid(
-            f"the {label} says {alg.value} but its certificate's key does not sign {alg.value}",
-            detail={"node": node, "alg": alg.value},
-        )
     if trust is not None:
         try:
-            trusted_chain(trust, leaf, extra, at)
+            trusted_chain(trust, opened.leaf, opened.extra, at)
         except TrustError as exc:
             raise HopSignatureInvalid(
                 f"the {label}'s node certificate is not trusted: {exc.message}",
                 detail={"node": node, "cause": exc.code},
             ) from None
-    bound = node_name_of(leaf)
+    bound = opened.node
     if bound != node:
         raise HopSignatureInvalid(
             f"the {label} says node {node!r} but its certificate binds {bound!r}",
             detail={"node": node, "certificate_node": bound},
         )
-    return dict(fields)
-
-
-#: (store, leaf, extra certificates) -> verified chain; path building costs ~1.7 ms and the
-#: same few node certificates sign every hop
-_CHAINS: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
-_CHAINS_LOCK = threading.Lock()
-
-
-def trusted_chain(
-    trust: TrustStore, leaf: x509.Certificate, extra: Sequence[x509.Certificate], at: dt.datetime
-) -> list[x509.Certificate]:
-    """The verified chain of a node certificate at ``at``, not revoked (as of the CRLs now).
-
-    Raises a :class:`TrustError`. Revocation is checked on every call (CRLs are reloaded
-    without a restart); path building is cached per trust store.
-    """
-    key = (id(trust), leaf, *extra)
-    with _CHAINS_LOCK:
-        hit = _CHAINS.get(key)
-        if hit is not None:
-            _CHAINS.move_to_end(key)
-    store: Any = hit[0] if hit is not None else None
-    chain: list[x509.Certificate] = hit[1:] if hit is not None else []
-    if store is not trust or not all(
-        c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in chain
-    ):
-        chain = trust.verify_chain(leaf, extra, at=at)
-        with _CHAINS_LOCK:
-            _CHAINS[key] = [trust, *chain]
-            while len(_CHAINS) > 256:
-                _CHAINS.popitem(last=False)
-    trust.check_revocation(chain, at=at)
-    return chain
+    return opened.fields
 
 
 def hop_digest(record: Mapping[str, Any]) -> str:
@@ -293,7 +207,7 @@ def verify_hops(
             at = parse_utc(fields["at"])
         except ValueError:
             raise HopChainBroken(f"hop {index + 1}: at is not an ISO 8601 time") from None
-        opened = open_sealed(record, "hop", trust=trust, at=at, node=fields["from"])
+        opened = _open(record, "hop", trust=trust, at=at, node=fields["from"])
         if opened["sha256"] != sha256 or opened["size"] != size:
             raise EnvelopeTampered(
                 f"hop {index + 1} describes other bytes than the package received (SHA-256 "
@@ -414,4 +328,4 @@ def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
         at = parse_utc(fields["at"])
     except ValueError:
         raise HopChainBroken("the notice's time is not an ISO 8601 time") from None
-    return open_sealed(notice, "notice", trust=trust, at=at, node=fields["node"])
+    return _open(notice, "notice", trust=trust, at=at, node=fields["node"])

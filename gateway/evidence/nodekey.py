@@ -53,6 +53,7 @@ __all__ = [
     "Algorithm",
     "NodeKey",
     "algorithm_of",
+    "as_utc",
     "canonical_json",
     "certificates_from_pem",
     "check_signature",
@@ -93,15 +94,22 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
+def as_utc(when: dt.datetime) -> dt.datetime:
+    """``when`` in UTC; a naive time is taken as UTC (SQLite hands back times without zone).
+
+    Usage: ``as_utc(row.at)``.
+    """
+    if when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
+
+
 def format_utc(when: dt.datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ``: the one time format signed by this node.
 
-    Usage: ``format_utc(dt.datetime.now(dt.UTC))``. A naive time is taken as UTC (SQLite hands
-    back stored times without their zone).
+    Usage: ``format_utc(dt.datetime.now(dt.UTC))``. A naive time is taken as UTC.
     """
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return as_utc(when).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_utc(text: str) -> dt.datetime:

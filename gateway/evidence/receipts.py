@@ -21,7 +21,8 @@ UTF-8). ``ES256`` is ECDSA P-256 with SHA-256, the signature in DER form (not JO
 ``r||s``) and in its low-S form (the high-S twin is refused: :mod:`gateway.trust.keypolicy`);
 ``RS256`` is RSA PKCS#1 v1.5 with SHA-256. The format borrows JOSE's algorithm names but is
 not JWS: JOSE libraries are not among the gateway's dependencies, and a 30-line
-format on ``cryptography`` is easier to audit.
+format on ``cryptography`` is easier to audit. A receipt is a sealed object
+(:mod:`gateway.evidence.sealed`, shared with hop records and notices) labelled ``receipt``.
 
 Usage::
 
@@ -33,32 +34,15 @@ Usage::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gateway.errors import (
-    ConfigError,
-    SignatureMalformed,
-    SignatureValueMismatch,
-    SignerMismatch,
-    SignerUnbound,
-)
-from gateway.evidence.nodekey import (
-    Algorithm,
-    NodeKey,
-    algorithm_of,
-    canonical_json,
-    certificates_from_pem,
-    check_signature,
-    format_utc,
-    parse_utc,
-)
+from gateway.errors import ConfigError, SignatureMalformed, SignerMismatch, SignerUnbound
+from gateway.evidence.nodekey import NodeKey, format_utc, parse_utc
+from gateway.evidence.sealed import SEALED_KEYS, open_sealed, seal
 from gateway.trust.binding import node_name_of, rfc4514_name
-from gateway.trust.keypolicy import check_certificate_key
 from gateway.trust.store import TrustStore
 
 __all__ = ["RECEIPT_FIELDS", "RECEIPT_VERSION", "make_receipt", "verify_receipt"]
@@ -79,7 +63,7 @@ RECEIPT_FIELDS: Final = frozenset(
         "received_from",
     }
 )
-_ENVELOPE_KEYS: Final = frozenset({"receipt", "alg", "signature", "certificate"})
+_ENVELOPE_KEYS: Final = SEALED_KEYS | {"receipt"}
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 _STRING_FIELDS: Final = ("node", "document", "sender", "received_from")
 
@@ -129,13 +113,7 @@ def make_receipt(
     problem = _field_problem(fields)
     if problem:
         raise ValueError(f"cannot sign receipt: {problem}")
-    signature = key.sign(canonical_json(fields))
-    return {
-        "receipt": fields,
-        "alg": key.algorithm.value,
-        "signature": base64.b64encode(signature).decode("ascii"),
-        "certificate": key.certificate_pem,
-    }
+    return seal(key, "receipt", fields)
 
 
 def verify_receipt(receipt: Mapping[str, Any], trust: TrustStore | None = None) -> dict[str, Any]:
@@ -173,41 +151,17 @@ def verify_receipt(receipt: Mapping[str, Any], trust: TrustStore | None = None) 
     problem = _field_problem(fields)
     if problem:
         raise SignatureMalformed(f"the receipt's fields are not well formed: {problem}")
-    alg = Algorithm(receipt["alg"])
-    signature_text = receipt["signature"]
-    try:
-        if not isinstance(signature_text, str):
-            raise ValueError("not a string")
-        signature = base64.b64decode(signature_text.encode("ascii"), validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise SignatureMalformed(f"the receipt's signature is not base64: {exc}") from None
-    pem = receipt["certificate"]
-    if not isinstance(pem, str):
-        raise SignatureMalformed("the receipt's certificate must be PEM text")
-    leaf, *extra = certificates_from_pem(pem)
-    check_certificate_key(leaf, role="node")
-    if algorithm_of(leaf) is not alg:
-        raise SignatureMalformed(
-            f"the receipt says {alg.value} but its certificate's key does not verify {alg.value}"
-            " (or is not ECDSA P-256 / RSA >= 2048)",
-            detail={"alg": alg.value, "subject": rfc4514_name(leaf.subject)},
-        )
-    try:
-        check_signature(leaf, canonical_json(dict(fields)), signature)
-    except SignatureValueMismatch:
-        raise SignatureValueMismatch(
-            "the receipt's signature does not match its fields under the embedded certificate"
-            " (the receipt was changed after signing, or signed by another key)",
-            detail={"subject": rfc4514_name(leaf.subject)},
-        ) from None
+    opened = open_sealed(receipt, "receipt")
     if trust is not None:
-        trust.verify_chain(leaf, extra, at=parse_utc(fields["received_at"]))
-    bound = node_name_of(leaf)
+        # Path and validity at received_at only: receipts never checked revocation, and a
+        # receipt's codes are API (docs/audit.md).
+        trust.verify_chain(opened.leaf, opened.extra, at=parse_utc(fields["received_at"]))
+    bound = opened.node
     if bound is None:
         raise SignerUnbound(
             "the receipt's certificate binds no node name (urn:gateway-node:...): it is not a "
             "node certificate",
-            detail={"subject": rfc4514_name(leaf.subject)},
+            detail={"subject": rfc4514_name(opened.leaf.subject)},
         )
     if bound != fields["node"]:
         raise SignerMismatch(

@@ -45,25 +45,23 @@ from typing import Any, Protocol
 
 import structlog
 import tenacity
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
-from gateway.errors import GatewayError, PeerUnavailable
+from gateway.errors import GatewayError, PeerUnavailable, ReceiptInvalid
 from gateway.evidence import audit
 from gateway.evidence.hops import sign_hop, trusted_chain
 from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
 from gateway.evidence.receipts import verify_receipt
-from gateway.network.outbox import WAITING_STATES, dead_letter, transport_event
+from gateway.network.outbox import WAITING_STATES, dead_letter, mark_sent
 from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem
 from gateway.node.container import Node
-from gateway.node.status import TransportState
-from gateway.storage.tables import deliveries, documents, events, hops
+from gateway.storage.tables import deliveries, documents, hops
 
 __all__ = ["Dispatcher", "Transport", "backoff"]
 
 log = structlog.get_logger("gateway.delivery")
 
-_INSERT_EVENTS = events.insert()
 _INSERT_HOPS = hops.insert()
 
 
@@ -82,28 +80,6 @@ def backoff(node: Node, attempts: int) -> float:
     state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, attempts)
     return float(wait(state))
-
-
-_MARK_IN_TRANSIT = (
-    update(deliveries)
-    .where(
-        and_(
-            deliveries.c.id.in_(bindparam("ids", expanding=True)),
-            deliveries.c.leased_by == bindparam("worker"),
-            deliveries.c.state.in_(WAITING_STATES),
-        )
-    )
-    .values(
-        state=TransportState.IN_TRANSIT.value,
-        next_attempt_at=None,
-        leased_by=None,
-        lease_until=None,
-        last_error=None,
-        attempts=deliveries.c.attempts + 1,
-        updated_at=bindparam("now"),
-    )
-    .returning(deliveries.c.document_seq, deliveries.c.recipient)
-)
 
 
 @dataclass(slots=True)
@@ -137,6 +113,9 @@ class Dispatcher:
     )
     #: called with a peer name to run its job now (the scheduler sets it)
     waker: Callable[[str], None] | None = None
+    #: the circuit breaker's clock, in seconds: monotonic, so a probe interval does not jump
+    #: with the wall clock (``node.now``); tests pass one they move by hand
+    monotonic: Callable[[], float] = time.monotonic
     _breakers: dict[str, _Breaker] = field(default_factory=dict)
     _running: set[str] = field(default_factory=set)
     _dirty: set[str] = field(default_factory=set)
@@ -211,11 +190,11 @@ class Dispatcher:
         breaker = self._breakers.setdefault(peer.name, _Breaker())
         probe = False
         if breaker.open:
-            if time.monotonic() < breaker.next_probe:
+            if self.monotonic() < breaker.next_probe:
                 return -1
             probe = True
             breaker.next_probe = (
-                time.monotonic() + self.node.settings.delivery.breaker_probe_interval
+                self.monotonic() + self.node.settings.delivery.breaker_probe_interval
             )
         claimed = self._claim(peer, probe=probe)
         if not claimed:
@@ -377,7 +356,7 @@ class Dispatcher:
         tripped = False
         if not breaker.open and breaker.failures >= delivery.breaker_threshold:
             breaker.open = True
-            breaker.next_probe = time.monotonic() + delivery.breaker_probe_interval
+            breaker.next_probe = self.monotonic() + delivery.breaker_probe_interval
             tripped = True
         now = node.now()
         expired: list[Any] = []
@@ -513,19 +492,7 @@ class Dispatcher:
                 )
             if hop_rows:
                 conn.execute(_INSERT_HOPS, hop_rows)
-                # only rows still waiting and still ours: a "delivered" notice may have come
-                # back first, and a worker whose lease ran out must not undo another's work
-                moved = conn.execute(
-                    _MARK_IN_TRANSIT, {"ids": moving, "worker": self.worker, "now": now}
-                ).all()
-                if moved:
-                    conn.execute(
-                        _INSERT_EVENTS,
-                        [
-                            transport_event(seq, r, sent_at[seq], "in_transit", peer.name, actor)
-                            for seq, r in sorted(moved)
-                        ],
-                    )
+                mark_sent(conn, node, moving, worker=self.worker, peer=peer.name, at=sent_at)
                 audit.append_many(conn, entries)
             if bad_receipts:
                 conn.execute(
@@ -535,7 +502,7 @@ class Dispatcher:
                         leased_by=None,
                         lease_until=None,
                         next_attempt_at=now + dt.timedelta(seconds=backoff(node, 1)),
-                        last_error="RELAY_RECEIPT_INVALID",
+                        last_error=ReceiptInvalid.code,
                     )
                 )
             if recovered and accepted:

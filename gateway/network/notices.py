@@ -4,7 +4,9 @@ A ``delivered`` notice lists packages that reached their recipients' node; a ``f
 says a node gave up on some recipients. Both are node-signed (:mod:`gateway.evidence.hops`) and
 checked on arrival (:mod:`gateway.network.relay`); here their news is applied to this node's
 delivery rows and timelines. Creating notices is the outbox's business
-(:mod:`gateway.network.outbox`).
+(:mod:`gateway.network.outbox`). News from another node is applied through the rules
+(:class:`gateway.node.timeline.TimelineWriter`, not strict): what does not fit this node's
+timeline (a late report, a race) is logged and left out, and so is its row's change.
 
 Usage::
 
@@ -21,14 +23,13 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.evidence.nodekey import parse_utc
-from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES, transport_event
+from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES
 from gateway.node.container import Node
-from gateway.node.status import TransportState
+from gateway.node.status import Requeue, TransportEvent, TransportState
+from gateway.node.timeline import TimelineWriter
 from gateway.storage.tables import deliveries, events
 
 __all__ = ["mark_delivered", "mark_delivered_many", "mark_failed"]
-
-_INSERT_EVENTS = events.insert()
 
 
 def mark_failed(
@@ -42,7 +43,10 @@ def mark_failed(
     at_node: str,
     actor: str,
 ) -> None:
-    """Record a failure reported by ``at_node`` (a notice) on this node's rows and timeline."""
+    """Record a failure reported by ``at_node`` (a notice) on this node's rows and timeline.
+
+    Usage: ``mark_failed(conn, node, seq, [r], code=c, message=m, at_node="h49", actor=a)``
+    """
     now = node.now()
     rows = conn.execute(
         select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state).where(
@@ -50,6 +54,24 @@ def mark_failed(
         )
     ).all()
     failing = [r for r in rows if r.state not in (*AT_RECIPIENT, TransportState.FAILED.value)]
+    if not failing:
+        return
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load([seq])
+        failing = [
+            r
+            for r in failing
+            if timelines.record(
+                seq,
+                r.recipient,
+                TransportEvent(state=TransportState.FAILED, node=at_node),
+                at=now,
+                actor=actor,
+                description=f"{code}: {message}",
+                strict=False,
+            )
+            is not None
+        ]
     if not failing:
         return
     conn.execute(
@@ -64,13 +86,6 @@ def mark_failed(
             updated_at=now,
         )
     )
-    conn.execute(
-        events.insert(),
-        [
-            transport_event(seq, r.recipient, now, "failed", at_node, actor, f"{code}: {message}")
-            for r in failing
-        ],
-    )
 
 
 def mark_delivered(
@@ -84,7 +99,10 @@ def mark_delivered(
     actor: str,
 ) -> None:
     """Record a delivery reported by ``at_node``: each hop of ``path`` the timeline does not
-    show yet (its node and time), then ``delivered``."""
+    show yet (its node and time), then ``delivered``.
+
+    Usage: ``mark_delivered(conn, node, seq, [r], path=[[a, b, at]], at_node=b, actor=act)``
+    """
     mark_delivered_many(conn, node, [(seq, recipients, path)], at_node=at_node, actor=actor)
 
 
@@ -117,7 +135,10 @@ def mark_delivered_many(
     actor: str,
 ) -> None:
     """:func:`mark_delivered` for the packages of one delivered notice, (seq, recipients,
-    path) each, in a handful of statements whatever their number."""
+    path) each, in a handful of statements whatever their number.
+
+    Usage: ``mark_delivered_many(conn, node, [(seq, [r], path)], at_node="h41", actor=a)``
+    """
     if not packages:
         return
     seqs = sorted({seq for seq, _, _ in packages})
@@ -129,27 +150,48 @@ def mark_delivered_many(
         for r in conn.execute(_IN_TRANSIT_SEEN, {"seqs": seqs})
     }
     now = node.now()
-    timeline: list[dict[str, Any]] = []
     moved: dict[int, None] = {}  # ordered, and a fast membership test
     movable = (*WAITING_STATES, TransportState.FAILED.value)
+    timelines = TimelineWriter(conn, node.name)
+    timelines.load(seqs)
     for seq, recipients, path in packages:
         for recipient in recipients:
             r = rows.get((seq, recipient))
             if r is None or r.state not in movable or r.id in moved:
                 continue
-            moved[r.id] = None
             if r.state == TransportState.FAILED.value:
                 # requeued downstream after a failure notice: the delivery proves it went on
-                timeline.append(
-                    transport_event(seq, recipient, now, "accepted", at_node, actor, "requeued")
+                timelines.record(
+                    seq,
+                    recipient,
+                    Requeue(),
+                    at=now,
+                    actor=actor,
+                    node=at_node,
+                    description="requeued",
+                    strict=False,
                 )
             for _, to, at in path:
                 if (seq, recipient, to) in seen or to == at_node:
                     continue
-                timeline.append(
-                    transport_event(seq, recipient, parse_utc(at), "in_transit", to, actor)
+                timelines.record(
+                    seq,
+                    recipient,
+                    TransportEvent(state=TransportState.IN_TRANSIT, node=to),
+                    at=parse_utc(at),
+                    actor=actor,
+                    strict=False,
                 )
-            timeline.append(transport_event(seq, recipient, now, "delivered", at_node, actor))
+            done = timelines.record(
+                seq,
+                recipient,
+                TransportEvent(state=TransportState.DELIVERED, node=at_node),
+                at=now,
+                actor=actor,
+                strict=False,
+            )
+            if done is not None:
+                moved[r.id] = None
+    timelines.flush()
     if moved:
-        conn.execute(_INSERT_EVENTS, timeline)
         conn.execute(_MARK_DELIVERED, {"ids": list(moved), "now": now})

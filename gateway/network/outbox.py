@@ -1,6 +1,7 @@
 """The outbox: delivery rows of stored packages, their timeline events, notices, dead letters.
 
-Every package a node stores gets one delivery row per recipient (:func:`add_deliveries`):
+Every package a node stores gets one delivery row per recipient (:func:`add_deliveries`; the
+row and its first timeline events are made by :meth:`gateway.node.timeline.TimelineWriter.open`):
 ``delivered`` at once for an agency hosted here (its DMS pulls it), a waiting row whose
 ``next_hop`` is a neighbour node (:mod:`gateway.network.dispatcher` sends it), or ``failed`` for a
 recipient no node serves or that would loop, with a signed failure notice to the sender.
@@ -10,7 +11,7 @@ operator requeues it (:mod:`gateway.node.admin`). What notices coming back do to
 
 Usage::
 
-    woken = add_deliveries(conn, node, seq, ["000.00.00.G12"], actor, in_transit=False)
+    woken = add_deliveries(conn, node, seq, sender, ["000.00.00.G12"], actor, in_transit=False)
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from gateway.evidence.nodekey import canonical_json
 from gateway.evidence.receipts import make_receipt
 from gateway.network.routing import would_loop
 from gateway.node.container import LOCAL, Node
-from gateway.node.status import TransportState
-from gateway.storage.tables import deliveries, documents, events
+from gateway.node.dedup import notice_key
+from gateway.node.status import Requeue, TransportEvent, TransportState
+from gateway.node.timeline import TimelineWriter, deliver_entry
+from gateway.storage.tables import deliveries, documents
 from gateway.trust.binding import describe
 
 __all__ = [
@@ -49,11 +52,9 @@ __all__ = [
     "add_deliveries",
     "add_deliveries_many",
     "dead_letter",
-    "deliver_entry",
-    "event_row",
+    "mark_sent",
     "notify_delivered",
     "rearm_failed",
-    "transport_event",
 ]
 
 log = structlog.get_logger("gateway.outbox")
@@ -70,78 +71,47 @@ AT_RECIPIENT = (
 )
 
 
-def event_row(
-    seq: int,
-    recipient: str | None,
-    at: dt.datetime,
-    kind: str,
-    code: str,
-    node: str,
-    actor: str,
-    *,
-    description: str | None = None,
-    status_seq: int | None = None,
-) -> dict[str, Any]:
-    """An ``events`` row of a package's timeline: a transport state or a business status
-    (``kind`` ``transport`` or ``status``) of ``recipient``, recorded at ``node``."""
-    return {
-        "document_seq": seq,
-        "recipient": recipient,
-        "at": at,
-        "kind": kind,
-        "code": code,
-        "node": node,
-        "actor": actor,
-        "description": description,
-        "status_seq": status_seq,
-    }
-
-
-def transport_event(
-    seq: int,
-    recipient: str,
-    at: dt.datetime,
-    code: str,
-    node: str,
-    actor: str,
-    description: str | None = None,
-) -> dict[str, Any]:
-    """The ``events`` row of a transport state (:func:`event_row`)."""
-    return event_row(seq, recipient, at, "transport", code, node, actor, description=description)
-
-
 # --- rows ------------------------------------------------------------------------------------
 
 
 #: built once: SQLAlchemy compiles a statement per distinct construct, not per row
 _INSERT_DELIVERIES = deliveries.insert()
-_INSERT_EVENTS = events.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A package stored in this transaction, whose recipients are to be routed.
+
+    Usage: ``add_deliveries_many(conn, node, [Stored(seq, sender, recipients)], actor, ...)``
+    """
+
+    #: the package's ``documents.seq``
+    seq: int
+    #: its sender agency (the timelines' sender)
+    sender: str
+    #: the recipients to route (each gets one delivery row)
+    recipients: Sequence[str]
+    #: the nodes it came through, oldest first (a next hop among them would be a loop)
+    came_through: Sequence[str] = ()
 
 
 @dataclass(slots=True)
 class _Routed:
-    """Delivery rows and timeline events for packages stored in one transaction."""
+    """Delivery rows for packages stored in one transaction; their events are in ``timelines``."""
 
+    timelines: TimelineWriter
     rows: list[dict[str, Any]] = field(default_factory=list)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
     #: (package seq, error code) -> (recipients, messages) that cannot be routed
     failures: dict[tuple[int, str], tuple[list[str], list[str]]] = field(default_factory=dict)
     woken: set[str] = field(default_factory=set)
 
 
 def _route(
-    routed: _Routed,
-    node: Node,
-    seq: int,
-    recipients: Sequence[str],
-    actor: str,
-    now: dt.datetime,
-    *,
-    in_transit: bool,
-    came_through: Sequence[str],
+    routed: _Routed, node: Node, package: Stored, actor: str, now: dt.datetime, *, in_transit: bool
 ) -> None:
     arrived = TransportState.IN_TRANSIT if in_transit else TransportState.ACCEPTED
-    for recipient in recipients:
+    seq, came_through = package.seq, package.came_through
+    for recipient in package.recipients:
         failure: GatewayError | None = None
         try:
             hop = node.next_hop(AgencyCode.parse(recipient))
@@ -154,45 +124,29 @@ def _route(
                 detail={"recipient": recipient, "node": hop},
             )
             hop = UNROUTABLE
-        state = arrived
+        outcome: TransportState | None = None
         if hop == LOCAL:
-            state = TransportState.DELIVERED
+            outcome = TransportState.DELIVERED
         elif failure is not None:
-            state = TransportState.FAILED
+            outcome = TransportState.FAILED
             failed, messages = routed.failures.setdefault((seq, failure.code), ([], []))
             failed.append(recipient)
             messages.append(failure.message)
         else:
             routed.woken.add(hop)
-        waiting = hop not in (LOCAL, UNROUTABLE)
         routed.rows.append(
-            {
-                "document_seq": seq,
-                "recipient": recipient,
-                "next_hop": hop,
-                "state": state.value,
-                "created_at": now,
-                "updated_at": now,
-                "attempts": 0,
-                "next_attempt_at": now if waiting else None,
-                "last_error": None if failure is None else f"{failure.code}: {failure.message}",
-                "leased_by": None,
-                "lease_until": None,
-            }
-        )
-        routed.timeline.append(
-            transport_event(seq, recipient, now, arrived.value, node.name, actor)
-        )
-        if state is not arrived:
-            description = None if failure is None else f"{failure.code}: {failure.message}"
-            routed.timeline.append(
-                transport_event(seq, recipient, now, state.value, node.name, actor, description)
+            routed.timelines.open(
+                seq,
+                package.sender,
+                recipient,
+                hop=hop,
+                arrived=arrived,
+                outcome=outcome,
+                at=now,
+                actor=actor,
+                failure=None if failure is None else f"{failure.code}: {failure.message}",
             )
-
-
-def deliver_entry(node: str, gid: str, recipients: Sequence[str]) -> audit.Entry:
-    """The audit entry ``deliver``: package ``gid`` is in the inboxes of ``recipients`` here."""
-    return audit.Entry("deliver", f"node:{node}", gid, {"recipients": list(recipients)})
+        )
 
 
 _IDS_OF_SEQS = select(documents.c.seq, documents.c.id).where(
@@ -205,7 +159,7 @@ def _insert_routed(
 ) -> set[str]:
     if routed.rows:
         conn.execute(_INSERT_DELIVERIES, routed.rows)
-        conn.execute(_INSERT_EVENTS, routed.timeline)
+    routed.timelines.flush()
     here: dict[int, list[str]] = {}
     for row in routed.rows:
         if row["next_hop"] == LOCAL:
@@ -227,6 +181,7 @@ def add_deliveries(
     conn: Connection,
     node: Node,
     seq: int,
+    sender: str,
     recipients: Sequence[str],
     actor: str,
     *,
@@ -241,11 +196,13 @@ def add_deliveries(
     package already passed through (``came_through``: a loop), gets a ``failed`` row and the
     sender a failure notice. Returns the peers to wake. A delivery to a hosted agency's inbox
     is audited (``deliver``) unless ``audit_local`` is False (a package the node handles itself).
+
+    Usage: ``woken = add_deliveries(conn, node, seq, sender, recipients, actor, in_transit=True)``
     """
     return add_deliveries_many(
         conn,
         node,
-        [(seq, recipients, came_through)],
+        [Stored(seq, sender, recipients, came_through)],
         actor,
         in_transit=in_transit,
         audit_local=audit_local,
@@ -255,27 +212,21 @@ def add_deliveries(
 def add_deliveries_many(
     conn: Connection,
     node: Node,
-    packages: Sequence[tuple[int, Sequence[str], Sequence[str]]],
+    packages: Sequence[Stored],
     actor: str,
     *,
     in_transit: bool,
     audit_local: bool = True,
 ) -> set[str]:
-    """:func:`add_deliveries` for several stored packages, (seq, recipients, came through)
-    each, with one insert of all their rows and one of all their events."""
-    routed = _Routed()
+    """:func:`add_deliveries` for several stored packages, with one insert of all their rows
+    and one of all their events.
+
+    Usage: ``woken = add_deliveries_many(conn, node, [Stored(seq, sender, rs)], actor, ...)``
+    """
+    routed = _Routed(TimelineWriter(conn, node.name))
     now = node.now()
-    for seq, recipients, came_through in packages:
-        _route(
-            routed,
-            node,
-            seq,
-            recipients,
-            actor,
-            now,
-            in_transit=in_transit,
-            came_through=came_through,
-        )
+    for package in packages:
+        _route(routed, node, package, actor, now, in_transit=in_transit)
     return _insert_routed(conn, node, routed, audit_local=audit_local)
 
 
@@ -368,7 +319,7 @@ def _store_notice(
             "kind": "notice",
             "sender": sender,
             "document_id": document_id,
-            "dedup_key": f"notice|sha256:{sha256}",
+            "dedup_key": notice_key(sha256),
             "sha256": sha256,
             "size": len(body),
             "envelope": body,
@@ -383,7 +334,7 @@ def _store_notice(
         },
     ).scalar_one()
     audit.append(conn, event="notice", actor=actor, subject=gid, data=facts)
-    return add_deliveries(conn, node, notice_seq, [sender], actor, in_transit=False)
+    return add_deliveries(conn, node, notice_seq, sender, [sender], actor, in_transit=False)
 
 
 def _node_signer(node: Node) -> str:
@@ -462,6 +413,28 @@ def dead_letter(
         return set()
     now = node.now()
     actor = f"node:{node.name}"
+    reason = f"{code}: {message}"
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load(r.document_seq for r in rows)
+        # not strict: a row a delivered notice settled meanwhile (it raced the dispatcher's
+        # claim) has reached its recipient, and a delivered document cannot fail
+        failing = [
+            r
+            for r in rows
+            if timelines.record(
+                r.document_seq,
+                r.recipient,
+                TransportEvent(state=TransportState.FAILED),
+                at=now,
+                actor=actor,
+                description=reason,
+                strict=False,
+            )
+            is not None
+        ]
+    rows = failing
+    if not rows:
+        return set()
     conn.execute(
         update(deliveries)
         .where(deliveries.c.id.in_([r.id for r in rows]))
@@ -471,18 +444,9 @@ def dead_letter(
             next_attempt_at=None,
             leased_by=None,
             lease_until=None,
-            last_error=f"{code}: {message}"[:2000],
+            last_error=reason[:2000],
             updated_at=now,
         )
-    )
-    conn.execute(
-        events.insert(),
-        [
-            transport_event(
-                r.document_seq, r.recipient, now, "failed", node.name, actor, f"{code}: {message}"
-            )
-            for r in rows
-        ],
     )
     woken: set[str] = set()
     per_doc: dict[int, list[str]] = {}
@@ -507,11 +471,75 @@ def dead_letter(
     return woken
 
 
+_MARK_IN_TRANSIT = (
+    update(deliveries)
+    .where(
+        and_(
+            deliveries.c.id.in_(bindparam("ids", expanding=True)),
+            deliveries.c.leased_by == bindparam("worker"),
+            deliveries.c.state.in_(WAITING_STATES),
+        )
+    )
+    .values(
+        state=TransportState.IN_TRANSIT.value,
+        next_attempt_at=None,
+        leased_by=None,
+        lease_until=None,
+        last_error=None,
+        attempts=deliveries.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(deliveries.c.document_seq, deliveries.c.recipient)
+)
+
+
+def mark_sent(
+    conn: Connection,
+    node: Node,
+    ids: Sequence[int],
+    *,
+    worker: str,
+    peer: str,
+    at: dict[int, dt.datetime],
+) -> None:
+    """Peer ``peer`` gave its receipt for delivery rows ``ids``: ``in_transit`` there, from the
+    time of this node's hop record (``at``, per package seq). Returns nothing to wake.
+
+    Usage: ``mark_sent(conn, node, [17], worker=dispatcher.worker, peer="central", at=sent)``
+
+    Only rows still waiting and still leased by ``worker`` move: a "delivered" notice may have
+    come back first, and a worker whose lease ran out must not undo another's work.
+    """
+    moved = conn.execute(
+        _MARK_IN_TRANSIT, {"ids": list(ids), "worker": worker, "now": node.now()}
+    ).all()
+    if not moved:
+        return
+    # not strict: the peer has the package whatever this node's copy of the timeline says,
+    # and a refusal must not undo the receipts just stored
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load(seq for seq, _ in moved)
+        for seq, recipient in sorted(moved):
+            timelines.record(
+                seq,
+                recipient,
+                TransportEvent(state=TransportState.IN_TRANSIT, node=peer),
+                at=at[seq],
+                actor=f"node:{node.name}",
+                strict=False,
+            )
+
+
 def rearm_failed(
     conn: Connection, node: Node, seq: int, recipients: Sequence[str], actor: str
 ) -> set[str]:
     """The previous node sent a package again for recipients whose delivery failed here (an
-    admin requeued it upstream): try them again, with a fresh budget. Returns peers to wake."""
+    admin requeued it upstream): try them again, with a fresh budget. Returns peers to wake.
+
+    Usage: ``woken |= rearm_failed(conn, node, seq, recipients, "node:h49")``
+
+    Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again".
+    """
     now = node.now()
     rows = conn.execute(
         select(deliveries.c.id, deliveries.c.recipient, deliveries.c.next_hop).where(
@@ -525,11 +553,29 @@ def rearm_failed(
     ).all()
     if not rows:
         return set()
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load([seq])
+        rows = [
+            r
+            for r in rows
+            if timelines.record(
+                seq,
+                r.recipient,
+                Requeue(),
+                at=now,
+                actor=actor,
+                description="sent again",
+                strict=False,
+            )
+            is not None
+        ]
+    if not rows:
+        return set()
     conn.execute(
         update(deliveries)
         .where(deliveries.c.id.in_([r.id for r in rows]))
         .values(
-            state=TransportState.IN_TRANSIT.value,
+            state=TransportState.ACCEPTED.value,
             attempts=0,
             created_at=now,
             updated_at=now,
@@ -538,12 +584,5 @@ def rearm_failed(
             leased_by=None,
             lease_until=None,
         )
-    )
-    conn.execute(
-        events.insert(),
-        [
-            transport_event(seq, r.recipient, now, "accepted", node.name, actor, "sent again")
-            for r in rows
-        ],
     )
     return {r.next_hop for r in rows}

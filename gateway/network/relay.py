@@ -1,12 +1,11 @@
 """Receiving a relay batch from a neighbour node: check everything again, store, answer receipts.
 
-A node believes nothing it is told by another node without checking it: for every item of a
-batch it verifies the hop chain (:func:`gateway.evidence.hops.verify_hops`: signatures, node
-certificates, digests, no loop, the last hop from the caller to this node), the receipts of the
-earlier hops, and the package itself (:class:`gateway.trust.verification.Verifier`, every check, as
-at ingest) or, for a failure notice, the notice's signature. Items that pass are stored in ONE
+A node believes nothing it is told by another node without checking it: every item of a batch
+is checked first (:mod:`gateway.network.relay_check`: the hop chain, the earlier hops' receipts,
+the package or notice itself), with nothing stored. Items that pass are stored in ONE
 transaction, in order (so a batch keeps the sender's order), each with its hop records, its
-delivery rows (deliver here, or on to the next node) and its audit entry; then each gets a
+delivery rows (deliver here, or on to the next node), its timeline events (through the rules:
+:class:`gateway.node.timeline.TimelineWriter`) and its audit entry; then each gets a
 receipt signed by this node. An item already stored (same sender and DocumentId, same bytes)
 gets its original receipt back: receive is idempotent, a retried relay is never a second
 document. A refused item is answered with its stable code and recorded in the audit log.
@@ -19,39 +18,30 @@ Usage::
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from gateway import jsonsafe
-from gateway.agency import AgencyCode
-from gateway.envelope.model import DocumentPackage, PackageKind, StatusCode, StatusPackage
-from gateway.errors import (
-    DocumentConflict,
-    Forbidden,
-    GatewayError,
-    HopChainBroken,
-    PeerUnknown,
-    ReceiptInvalid,
-    StatusError,
-)
+from gateway.envelope.model import StatusCode, StatusPackage
+from gateway.errors import DocumentConflict, Forbidden, GatewayError, PeerUnknown
 from gateway.evidence import audit
-from gateway.evidence.hops import trusted_chain, verify_hops, verify_notice
-from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
-from gateway.evidence.receipts import make_receipt, verify_receipt
+from gateway.evidence.nodekey import canonical_json, parse_utc
+from gateway.evidence.receipts import make_receipt
 from gateway.network import notices, outbox
+from gateway.network.relay_check import Checked, check_item
 from gateway.network.wire import RelayItem
-from gateway.node.container import Node
-from gateway.node.ingest import timeline_of
-from gateway.node.status import TransportState, apply_status, apply_transport
-from gateway.storage.tables import deliveries, documents, events, hops
-from gateway.trust.binding import describe
+from gateway.node.container import LOCAL, Node
+from gateway.node.dedup import package_key
+from gateway.node.status import Requeue, StatusReport, TransportEvent, TransportState
+from gateway.node.timeline import TimelineWriter
+from gateway.storage.tables import deliveries, documents, hops
 from gateway.trust.caller import Identity
 
 __all__ = ["receive_batch", "require_neighbour"]
@@ -59,128 +49,8 @@ __all__ = ["receive_batch", "require_neighbour"]
 log = structlog.get_logger("gateway.relay")
 
 
-@dataclass(slots=True)
-class _Checked:
-    """An item that passed every check, with what storing it needs."""
-
-    index: int
-    item: RelayItem
-    #: the hop records' signed fields, in order
-    hops: list[dict[str, Any]]
-    sha256: str
-    sender: str
-    document_id: str | None
-    #: the recipients the last hop carried it for
-    recipients: list[str]
-    signer: dict[str, Any]
-    package: DocumentPackage | StatusPackage | None = None
-    notice: dict[str, Any] | None = None
-    signing_time: Any = None
-    subject: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def _refusal(exc: GatewayError) -> dict[str, Any]:
     return {"ok": False, "code": exc.code, "message": exc.message, "detail": exc.detail}
-
-
-def _check(node: Node, caller: str, index: int, item: RelayItem) -> _Checked:
-    data = item.body
-    sha256 = hashlib.sha256(data).hexdigest()
-    chain = verify_hops(
-        item.hops,
-        trust=node.trust,
-        sha256=sha256,
-        size=len(data),
-        to_node=node.name,
-        from_node=caller,
-    )
-    first, last = chain[0], chain[-1]
-    for hop in chain:
-        if (hop["kind"], hop["sender"], hop["document_id"]) != (
-            item.kind,
-            first["sender"],
-            first["document_id"],
-        ):
-            raise HopChainBroken(
-                "the hop records disagree about the package (kind, sender or DocumentId)"
-            )
-    if len(item.receipts) != len(chain) - 1:
-        raise HopChainBroken(
-            f"{len(chain)} hops need {len(chain) - 1} receipts, not {len(item.receipts)}",
-            detail={"hops": len(chain), "receipts": len(item.receipts)},
-        )
-    for position, (receipt, hop) in enumerate(zip(item.receipts, chain, strict=False), 1):
-        try:
-            fields = verify_receipt(receipt, trust=None)  # signature and node binding
-            leaf, *extra = certificates_from_pem(receipt["certificate"])
-            trusted_chain(node.trust, leaf, extra, parse_utc(fields["received_at"]))
-        except GatewayError as exc:
-            raise ReceiptInvalid(
-                f"the receipt of hop {position} does not verify: {exc.message}",
-                detail={"hop": position, "cause": exc.code},
-            ) from None
-        if fields["node"] != hop["to"] or fields["sha256"] != sha256:
-            raise ReceiptInvalid(
-                f"the receipt of hop {position} is not {hop['to']}'s receipt for these bytes",
-                detail={"hop": position},
-            )
-    recipients = list(dict.fromkeys(last["recipients"]))
-    for recipient in recipients:
-        AgencyCode.parse(recipient)
-    checked = _Checked(
-        index=index,
-        item=item,
-        hops=chain,
-        sha256=sha256,
-        sender=first["sender"],
-        document_id=first["document_id"],
-        recipients=recipients,
-        signer={},
-    )
-    if item.kind == "notice":
-        try:
-            # a neighbour signs the hops of whatever it sends: the notice is hostile JSON too
-            notice = jsonsafe.loads(data, max_depth=node.settings.limits.max_json_depth)
-        except ValueError:
-            raise HopChainBroken("the failure notice is not JSON") from None
-        fields = verify_notice(notice, trust=node.trust)
-        if fields["sender"] != checked.sender or recipients != [checked.sender]:
-            raise HopChainBroken("a failure notice travels to the sender of the failed package")
-        leaf = certificates_from_pem(notice["certificate"])[0]
-        checked.notice = fields
-        checked.signer = describe(leaf)
-        checked.subject = (
-            "delivered" if fields["event"] == "delivered" else f"delivery failed: {fields['code']}"
-        )
-        checked.signing_time = parse_utc(fields["at"])
-        return checked
-    report = node.verifier.verify(data, now=parse_utc(first["at"]))
-    package, signer = report.accepted()
-    expected = PackageKind.DOCUMENT if item.kind == "document" else PackageKind.STATUS
-    if package.kind is not expected or package.from_.organ_id != checked.sender:
-        raise HopChainBroken(
-            "the hop records describe another package than the one relayed (kind or sender)"
-        )
-    if isinstance(package, DocumentPackage):
-        if package.document_id != checked.document_id:
-            raise HopChainBroken("the hop records name another DocumentId than the package")
-        addressed = {org.organ_id for org in package.to}
-        stray = [r for r in recipients if r not in addressed]
-        if stray:
-            raise HopChainBroken(
-                f"the hop carries the document for {stray[0]}, who is not among its recipients",
-                detail={"recipients": stray},
-            )
-        checked.subject = package.subject
-        own = [t for t in package.trace_headers if t.organ_id.strip() == checked.sender]
-        checked.signing_time = own[-1].timestamp if own else None
-    else:
-        checked.subject = package.description
-        checked.signing_time = package.timestamp
-    checked.package = package
-    checked.signer = describe(signer)
-    return checked
 
 
 def require_neighbour(node: Node, caller: Identity) -> str:
@@ -215,10 +85,10 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
     assert caller.node is not None
     actor = f"node:{caller.node}"
     results: list[dict[str, Any] | None] = [None] * len(items)
-    checked: list[_Checked] = []
+    checked: list[Checked] = []
     for index, item in enumerate(items):
         try:
-            checked.append(_check(node, caller.node, index, item))
+            checked.append(check_item(node, caller.node, index, item))
         except GatewayError as exc:
             results[index] = _refusal(exc)
     refused = [(i, r) for i, r in enumerate(results) if r is not None]
@@ -266,14 +136,6 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
     return out
 
 
-def _dedup_key(c: _Checked) -> str:
-    if c.item.kind == "notice":
-        return f"notice|sha256:{c.sha256}"
-    if c.document_id:
-        return f"{c.sender}|id:{c.document_id}"
-    return f"{c.sender}|sha256:{c.sha256}"
-
-
 #: per sender agency: (package seq, recipients hosted here, path) of packages delivered here
 _Arrivals = dict[str, list[tuple[int, list[str], list[list[str]]]]]
 
@@ -282,12 +144,14 @@ _EXISTING = select(
 ).where(documents.c.dedup_key.in_(bindparam("keys", expanding=True)))
 _INSERT_DOCUMENTS = documents.insert().returning(documents.c.seq, sort_by_parameter_order=True)
 _INSERT_HOPS = hops.insert()
-_INSERT_EVENT = events.insert()
 _RECIPIENTS_OF = select(deliveries.c.recipient).where(deliveries.c.document_seq == bindparam("seq"))
+_HERE = select(deliveries.c.id, deliveries.c.recipient).where(
+    and_(deliveries.c.document_seq == bindparam("seq"), deliveries.c.next_hop == LOCAL)
+)
 _NOTICE_HANDLED = (
     update(deliveries)
-    .where(and_(deliveries.c.document_seq == bindparam("seq"), deliveries.c.next_hop == "local"))
-    .values(state=TransportState.ACKNOWLEDGED.value)
+    .where(deliveries.c.id == bindparam("row"))
+    .values(state=TransportState.ACKNOWLEDGED.value, updated_at=bindparam("now"))
 )
 
 
@@ -295,7 +159,7 @@ _NOTICE_HANDLED = (
 class _Pending:
     """A new document of the batch, stored at the next :meth:`_Batch.flush`."""
 
-    checked: _Checked
+    checked: Checked
     row: dict[str, Any]
     receipt: dict[str, Any]
 
@@ -310,21 +174,21 @@ class _Batch:
     """
 
     def __init__(
-        self, conn: Connection, node: Node, actor: str, checked: Sequence[_Checked]
+        self, conn: Connection, node: Node, actor: str, checked: Sequence[Checked]
     ) -> None:
         self.conn, self.node, self.actor = conn, node, actor
         self.arrivals: _Arrivals = {}
         self.woken: set[str] = set()
         self._pending: list[_Pending] = []
         self._keys: set[str] = set()
-        keys = sorted({_dedup_key(c) for c in checked})
+        keys = sorted({c.key for c in checked})
         self._existing: dict[str, Any] = (
             {r.dedup_key: r for r in conn.execute(_EXISTING, {"keys": keys})} if keys else {}
         )
 
-    def add(self, c: _Checked) -> dict[str, Any]:
+    def add(self, c: Checked) -> dict[str, Any]:
         """Store ``c`` (now, or at the next flush); its result for the sending node."""
-        key = _dedup_key(c)
+        key = c.key
         if key in self._keys:  # twice in one batch: the second is a repeat of the first
             self.flush()
             self._existing.update(
@@ -350,12 +214,14 @@ class _Batch:
         conn, node, actor = self.conn, self.node, self.actor
         seqs = [seq for (seq,) in conn.execute(_INSERT_DOCUMENTS, [p.row for p in pending]).all()]
         hop_rows: list[dict[str, Any]] = []
-        packages: list[tuple[int, Sequence[str], Sequence[str]]] = []
+        packages: list[outbox.Stored] = []
         entries: list[audit.Entry] = []
         for p, seq in zip(pending, seqs, strict=True):
             c = p.checked
             last_digest = _hop_rows(hop_rows, seq, c, p.receipt)
-            packages.append((seq, c.recipients, [hop["from"] for hop in c.hops]))
+            packages.append(
+                outbox.Stored(seq, c.sender, c.recipients, [hop["from"] for hop in c.hops])
+            )
             here = [r for r in c.recipients if r in node.hosted]
             if here:
                 path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
@@ -365,7 +231,7 @@ class _Batch:
         audit.append_many(conn, entries)
         self.woken |= outbox.add_deliveries_many(conn, node, packages, actor, in_transit=True)
 
-    def _repeat(self, c: _Checked, existing: Any) -> dict[str, Any]:
+    def _repeat(self, c: Checked, existing: Any) -> dict[str, Any]:
         """The same package again (a retried relay): its original receipt; new recipients."""
         conn, node, actor = self.conn, self.node, self.actor
         if existing.sha256 != c.sha256:
@@ -380,6 +246,7 @@ class _Batch:
                 conn,
                 node,
                 existing.seq,
+                c.sender,
                 added,
                 actor,
                 in_transit=True,
@@ -395,7 +262,7 @@ class _Batch:
         )
         return {"ok": True, "receipt": json.loads(existing.receipt), "duplicate": True}
 
-    def _store_one(self, c: _Checked, key: str) -> dict[str, Any]:
+    def _store_one(self, c: Checked, key: str) -> dict[str, Any]:
         """A status or a notice: stored, then applied to the timeline it is about."""
         conn, node, actor = self.conn, self.node, self.actor
         about = _about(conn, c)
@@ -410,16 +277,17 @@ class _Batch:
             conn,
             node,
             seq,
+            c.sender,
             c.recipients,
             actor,
             in_transit=True,
             came_through=[hop["from"] for hop in c.hops],
             audit_local=not handled_here,
         )
-        if c.notice is not None and c.notice["event"] == "delivered":
+        if handled_here:
+            assert c.notice is not None
             self._apply_delivered(c.notice)
-            # the node's own business: never in the sender's DMS inbox
-            conn.execute(_NOTICE_HANDLED, {"seq": seq})
+            self._handled(seq)
         if about is not None:
             if c.notice is not None:
                 notices.mark_failed(
@@ -436,16 +304,29 @@ class _Batch:
                 _apply_status(conn, node, about, c.package, actor, seq)
         return {"ok": True, "receipt": receipt, "duplicate": False}
 
+    def _handled(self, seq: int) -> None:
+        """A delivered notice that reached its sender's node is the node's own business: never
+        in the sender DMS's inbox. Its delivery here is ``acknowledged`` (by this node); at a
+        relay node the notice goes on, untouched."""
+        now = self.node.now()
+        with TimelineWriter(self.conn, self.node.name) as timelines:
+            for row in self.conn.execute(_HERE, {"seq": seq}).all():
+                done = timelines.record(
+                    seq,
+                    row.recipient,
+                    TransportEvent(state=TransportState.ACKNOWLEDGED),
+                    at=now,
+                    actor=f"node:{self.node.name}",
+                    strict=False,
+                )
+                if done is not None:
+                    self.conn.execute(_NOTICE_HANDLED, {"row": row.id, "now": now})
+
     def _apply_delivered(self, notice: dict[str, Any]) -> None:
         """The packages a delivered notice lists, as this node knows them: delivered."""
         sender = notice["sender"]
         keyed = [
-            (
-                f"{sender}|id:{item['document_id']}"
-                if item["document_id"]
-                else f"{sender}|sha256:{item['sha256']}",
-                item,
-            )
+            (package_key(sender, item["document_id"], item["sha256"]), item)
             for item in notice["items"]
         ]
         keys = sorted({key for key, _ in keyed})
@@ -460,7 +341,7 @@ class _Batch:
 
 
 def _document_row(
-    node: Node, actor: str, c: _Checked, key: str, *, about: int | None
+    node: Node, actor: str, c: Checked, key: str, *, about: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``documents`` row of a new package and the receipt this node signs for it."""
     now = node.now()
@@ -500,7 +381,7 @@ def _document_row(
     return row, receipt
 
 
-def _hop_rows(out: list[dict[str, Any]], seq: int, c: _Checked, receipt: dict[str, Any]) -> str:
+def _hop_rows(out: list[dict[str, Any]], seq: int, c: Checked, receipt: dict[str, Any]) -> str:
     """Append the ``hops`` rows of a received package to ``out``; the last record's digest."""
     carried = [*c.item.receipts, receipt]
     digest = ""
@@ -523,7 +404,7 @@ def _hop_rows(out: list[dict[str, Any]], seq: int, c: _Checked, receipt: dict[st
     return digest
 
 
-def _relay_in(actor: str, gid: str, c: _Checked, last_digest: str) -> audit.Entry:
+def _relay_in(actor: str, gid: str, c: Checked, last_digest: str) -> audit.Entry:
     return audit.Entry(
         "relay_in",
         actor,
@@ -541,21 +422,18 @@ def _relay_in(actor: str, gid: str, c: _Checked, last_digest: str) -> audit.Entr
     )
 
 
-def _about(conn: Connection, c: _Checked) -> int | None:
+def _about(conn: Connection, c: Checked) -> int | None:
     """The seq of the document a status or notice is about, when this node has it."""
     if c.notice is not None:
         fields = c.notice
         if fields["event"] == "delivered":
             return None  # about several packages: see its items
-        if fields["document_id"]:
-            key = f"{fields['sender']}|id:{fields['document_id']}"
-        else:
-            key = f"{fields['sender']}|sha256:{fields['sha256']}"
+        key = package_key(fields["sender"], fields["document_id"], fields["sha256"])
     elif isinstance(c.package, StatusPackage):
         target = c.package.response_for
         if target is None or not target.document_id or not target.organ_id:
             return None
-        key = f"{target.organ_id}|id:{target.document_id}"
+        key = package_key(target.organ_id, target.document_id, "")
     else:
         return None
     seq: int | None = conn.execute(
@@ -571,8 +449,9 @@ def _apply_status(
 
     The recipient's node already judged the status; a relay node only keeps its copy of the
     timeline in step. A status from the recipient proves delivery, so ``delivered`` is applied
-    first (and a delivery this node had marked failed is put right). A status that does not fit
-    this node's copy (it arrived before an earlier one) is still relayed, not refused.
+    first (a delivery this node had marked failed was requeued downstream: ``requeued`` comes
+    before it). A status that does not fit this node's copy (it arrived before an earlier one)
+    is still relayed, not refused: the rules leave it out of the timeline here.
     """
     row = conn.execute(select(documents.c.sender).where(documents.c.seq == about)).first()
     if row is None:
@@ -589,55 +468,47 @@ def _apply_status(
     else:
         concerned = [reporter] if reporter in recipients else []
     now = node.now()
-    for recipient in concerned:
-        timeline = timeline_of(conn, about, row.sender, recipient)
-        try:
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load([about])
+        for recipient in concerned:
             if package.status_code is not StatusCode.TAKE_BACK_REQUESTED:
-                if timeline.transport is TransportState.FAILED:
-                    conn.execute(
-                        _INSERT_EVENT,
-                        outbox.event_row(
-                            about, recipient, now, "transport", "accepted", node.name, actor
-                        ),
-                    )
-                    timeline = timeline_of(conn, about, row.sender, recipient)
-                if timeline.transport in (TransportState.ACCEPTED, TransportState.IN_TRANSIT):
-                    apply_transport(timeline, TransportState.DELIVERED)
-                    conn.execute(
-                        _INSERT_EVENT,
-                        outbox.event_row(
-                            about, recipient, now, "transport", "delivered", node.name, actor
-                        ),
-                    )
-                    conn.execute(
-                        update(deliveries)
-                        .where(
-                            and_(
-                                deliveries.c.document_seq == about,
-                                deliveries.c.recipient == recipient,
-                            )
-                        )
-                        .values(
-                            state=TransportState.DELIVERED.value,
-                            next_attempt_at=None,
-                            updated_at=now,
-                        )
-                    )
-                    timeline = timeline_of(conn, about, row.sender, recipient)
-            before = timeline
-            after = apply_status(timeline, package.status_code, reporter=reporter)
-        except StatusError as exc:
-            log.info("relay.status_not_applied", code=exc.code, recipient=recipient)
-            continue
-        if after != before:
-            event = outbox.event_row(
+                _delivered_by_status(timelines, about, recipient, now, actor)
+            timelines.record(
                 about,
                 recipient,
-                now,
-                "status",
-                package.status_code.value,
-                node.name,
-                f"agency:{reporter}",
+                StatusReport(code=package.status_code, reporter=reporter),
+                at=now,
+                actor=actor,
                 status_seq=status_seq,
+                strict=False,
+                repeats=False,
             )
-            conn.execute(_INSERT_EVENT, event)
+
+
+def _delivered_by_status(
+    timelines: TimelineWriter, about: int, recipient: str, now: dt.datetime, actor: str
+) -> None:
+    """The recipient's status proves its node has the document: ``delivered`` here too."""
+    t = timelines.timeline(about, recipient)
+    if t.transport is TransportState.FAILED:
+        timelines.record(about, recipient, Requeue(), at=now, actor=actor, strict=False)
+        t = timelines.timeline(about, recipient)
+    if t.transport not in (TransportState.ACCEPTED, TransportState.IN_TRANSIT):
+        return
+    if (
+        timelines.record(
+            about,
+            recipient,
+            TransportEvent(state=TransportState.DELIVERED),
+            at=now,
+            actor=actor,
+            strict=False,
+        )
+        is None
+    ):
+        return
+    timelines.conn.execute(
+        update(deliveries)
+        .where(and_(deliveries.c.document_seq == about, deliveries.c.recipient == recipient))
+        .values(state=TransportState.DELIVERED.value, next_attempt_at=None, updated_at=now)
+    )

@@ -5,7 +5,9 @@ Usage::
     rows = list_deliveries(node, state="failed", peer="h49-halong")
     requeue(node, [row["id"] for row in rows], actor="admin:operator")
 
-A requeue is audited with the operator's name; only a failed delivery is requeued.
+A requeue is audited with the operator's name; only a failed delivery is requeued. Its
+timeline records ``requeued`` (the rules' :class:`~gateway.node.status.Requeue`: ``failed`` back
+to ``accepted``), then ``delivered`` when the recipient is hosted here.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import structlog
 from sqlalchemy import select, update
 
 from gateway.agency import AgencyCode
-from gateway.errors import DeliveryNotFound, StatusTransitionInvalid
+from gateway.errors import DeliveryNotFailed, DeliveryNotFound
 from gateway.evidence import audit
-from gateway.network.outbox import transport_event
 from gateway.node.container import LOCAL, Node
-from gateway.node.status import TransportState
-from gateway.storage.tables import deliveries, documents, events
+from gateway.node.status import Requeue, TransportEvent, TransportState
+from gateway.node.timeline import TimelineWriter
+from gateway.storage.tables import deliveries, documents
 
 __all__ = ["list_deliveries", "requeue"]
 
@@ -82,8 +84,11 @@ def list_deliveries(
 def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
     """Send failed deliveries again: routed afresh, attempts and age budget reset; audited.
 
-    Raises :class:`DeliveryNotFound` for an unknown id and
-    :class:`~gateway.errors.StatusTransitionInvalid` for a delivery that has not failed.
+    Usage: ``requeue(node, [17, 18], actor="admin:operator")``
+
+    Raises :class:`~gateway.errors.DeliveryNotFound` for an unknown id and
+    :class:`~gateway.errors.DeliveryNotFailed` for a delivery that has not failed; then nothing
+    is requeued.
     """
     now = node.now()
     woken: set[str] = set()
@@ -102,11 +107,13 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
             raise DeliveryNotFound(f"no delivery {missing[0]}", detail={"id": missing[0]})
         for row in rows:
             if row.state != TransportState.FAILED.value:
-                raise StatusTransitionInvalid(
+                raise DeliveryNotFailed(
                     f"delivery {row.id} is {row.state}, not failed: only a failed delivery is "
                     "requeued",
                     detail={"id": row.id, "state": row.state},
                 )
+        timelines = TimelineWriter(conn, node.name)
+        timelines.load(row.document_seq for row in rows)
         for row in rows:
             hop = node.next_hop(AgencyCode.parse(row.recipient))
             values: dict[str, Any] = {
@@ -118,19 +125,25 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                 "leased_by": None,
                 "lease_until": None,
             }
+            # the rules say where a requeue leads (accepted); strict: the row said failed, so
+            # a timeline that disagrees is a bug to stop at, not to write over
+            t = timelines.record(row.document_seq, row.recipient, Requeue(), at=now, actor=actor)
             if hop == LOCAL:
-                values |= {"state": TransportState.DELIVERED.value, "next_attempt_at": None}
-            else:
-                values |= {"state": TransportState.ACCEPTED.value, "next_attempt_at": now}
-                woken.add(hop)
-            conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
-            conn.execute(
-                events.insert().values(
-                    transport_event(
-                        row.document_seq, row.recipient, now, values["state"], node.name, actor
-                    )
+                t = timelines.record(
+                    row.document_seq,
+                    row.recipient,
+                    TransportEvent(state=TransportState.DELIVERED),
+                    at=now,
+                    actor=actor,
                 )
-            )
+                values["next_attempt_at"] = None
+            else:
+                values["next_attempt_at"] = now
+                woken.add(hop)
+            assert t is not None  # strict: a refusal raised
+            values["state"] = t.transport.value
+            conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
+        timelines.flush()
         audit.append(
             conn, event="requeue", actor=actor, subject=None, data={"deliveries": sorted(found)}
         )

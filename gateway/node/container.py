@@ -35,6 +35,7 @@ from gateway.network.routing import LOCAL, Directory, Peer
 from gateway.settings import Settings
 from gateway.storage import db
 from gateway.storage.tables import audit_log, peers
+from gateway.trust.caller import Identity
 from gateway.trust.store import TrustStore
 from gateway.trust.verification import Verifier, VerifyPolicy
 
@@ -197,6 +198,14 @@ class Node:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    def is_admin(self, caller: Identity) -> bool:
+        """Whether ``caller`` is this node's admin: it presented the node's own certificate
+        (held by its operators). The one admin check: the API and the inbox both ask it.
+
+        Usage: ``if node.is_admin(caller): ...``
+        """
+        return caller.kind == "node" and caller.node == self.name
 
 
 def directory_of(settings: Settings) -> Directory | None:

@@ -24,7 +24,8 @@ from gateway.errors import DocumentNotFound, Forbidden, UnknownAgency
 from gateway.evidence import audit
 from gateway.node.container import LOCAL, Node
 from gateway.node.ingest import actor_of
-from gateway.node.status import TransportState
+from gateway.node.status import TransportEvent, TransportState
+from gateway.node.timeline import TimelineWriter
 from gateway.storage.tables import deliveries, documents, events, hops
 from gateway.trust.caller import Identity
 
@@ -161,22 +162,14 @@ def acknowledge(node: Node, caller: Identity, doc_id: str) -> str:
 def _advance(
     node: Node, conn: Any, seq: int, recipient: str, state: TransportState, actor: str
 ) -> None:
+    """The recipient's DMS moved its delivery on: the rules check it, then row and event."""
     now = node.now()
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.record(seq, recipient, TransportEvent(state=state), at=now, actor=actor)
     conn.execute(
         update(deliveries)
         .where(and_(deliveries.c.document_seq == seq, deliveries.c.recipient == recipient))
         .values(state=state.value, updated_at=now)
-    )
-    conn.execute(
-        events.insert().values(
-            document_seq=seq,
-            recipient=recipient,
-            at=now,
-            kind="transport",
-            code=state.value,
-            node=node.name,
-            actor=actor,
-        )
     )
 
 
@@ -187,7 +180,7 @@ def evidence_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
     :func:`gateway.evidence.receipts.verify_receipt`, and the envelope (``GET /documents/{id}``)
     with ``gateway verify``: nothing here needs to be believed.
     """
-    admin = caller.kind == "node" and caller.node == node.name
+    admin = node.is_admin(caller)
     with node.reader.connect() as conn:
         if admin:
             row = conn.execute(
@@ -259,7 +252,7 @@ def status_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
                 documents.c.received_at,
             ).where(documents.c.id == doc_id)
         ).first()
-        admin = caller.kind == "node" and caller.node == node.name
+        admin = node.is_admin(caller)
         if row is None or not (admin or (caller.agency and str(caller.agency) == row.sender)):
             raise DocumentNotFound(detail={"id": doc_id})
         states = conn.execute(

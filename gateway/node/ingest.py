@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -46,23 +46,15 @@ from gateway.errors import (
 )
 from gateway.evidence import audit
 from gateway.evidence.receipts import make_receipt
-from gateway.network.outbox import deliver_entry, event_row
 from gateway.node.container import LOCAL, Node
-from gateway.node.status import (
-    Event,
-    Requeue,
-    StatusReport,
-    Timeline,
-    TransportEvent,
-    TransportState,
-    apply_status,
-    replay,
-)
-from gateway.storage.tables import deliveries, documents, events
+from gateway.node.dedup import package_key
+from gateway.node.status import StatusReport, TransportState
+from gateway.node.timeline import TimelineWriter, deliver_entry
+from gateway.storage.tables import deliveries, documents
 from gateway.trust.caller import Identity
 from gateway.trust.store import describe
 
-__all__ = ["Accepted", "actor_of", "ingest_document", "ingest_status", "timeline_of"]
+__all__ = ["Accepted", "actor_of", "ingest_document", "ingest_status"]
 
 log = structlog.get_logger("gateway.ingest")
 
@@ -141,12 +133,6 @@ def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _
     return _Verified(package=package, signer=describe(signer))
 
 
-def _dedup_key(sender: str, document_id: str | None, sha256: str) -> str:
-    if document_id:
-        return f"{sender}|id:{document_id}"
-    return f"{sender}|sha256:{sha256}"
-
-
 _EXISTING = select(documents.c.id, documents.c.kind, documents.c.sha256, documents.c.receipt).where(
     documents.c.dedup_key == bindparam("key")
 )
@@ -169,7 +155,6 @@ def _existing(conn: Connection, key: str, sha256: str) -> Accepted | None:
 #: built once: SQLAlchemy compiles a statement per distinct construct, not per row
 _INSERT_DOCUMENT = documents.insert().returning(documents.c.seq)
 _INSERT_DELIVERIES = deliveries.insert()
-_INSERT_EVENTS = events.insert()
 
 
 def _store(
@@ -188,7 +173,7 @@ def _store(
     package = verified.package
     sha256 = hashlib.sha256(data).hexdigest()
     document_id = package.document_id if isinstance(package, DocumentPackage) else None
-    key = _dedup_key(package.from_.organ_id, document_id, sha256)
+    key = package_key(package.from_.organ_id, document_id, sha256)
     actor = actor_of(caller)
     now = node.now()
     gid = node.new_id()
@@ -258,55 +243,39 @@ def _store(
 
 
 def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, actor: str) -> int:
-    """Write the prepared document row, its deliveries, events and audit entry; count hops."""
+    """Write the prepared document row, its deliveries, events and audit entry; count hops.
+
+    A status is applied to the timelines it changes here, through the rules: a status that
+    makes no sense raises, and the whole transaction (the status package too) rolls back.
+    """
     now = row["received_at"]
     status_code = row["status_code"]
     seq = conn.execute(
         _INSERT_DOCUMENT,
         {**row, "subject": plan.subject, "about_seq": plan.about[0] if plan.about else None},
     ).scalar_one()
-    rows = []
-    timeline = []
-    for recipient, hop in plan.hops:
-        state = TransportState.DELIVERED if hop == LOCAL else TransportState.ACCEPTED
-        rows.append(
-            {
-                "document_seq": seq,
-                "recipient": recipient,
-                "next_hop": hop,
-                "state": state.value,
-                "created_at": now,
-                "updated_at": now,
-                "attempts": 0,
-                "next_attempt_at": None if hop == LOCAL else now,
-                "last_error": None,
-                "leased_by": None,
-                "lease_until": None,
-            }
-        )
-        timeline.append(event_row(seq, recipient, now, "transport", "accepted", node.name, actor))
-        if hop == LOCAL:
-            timeline.append(
-                event_row(seq, recipient, now, "transport", "delivered", node.name, actor)
+    with TimelineWriter(conn, node.name) as timelines:
+        rows = [
+            timelines.open(
+                seq,
+                row["sender"],
+                recipient,
+                hop=hop,
+                arrived=TransportState.ACCEPTED,
+                outcome=TransportState.DELIVERED if hop == LOCAL else None,
+                at=now,
+                actor=actor,
             )
-    if rows:
-        conn.execute(_INSERT_DELIVERIES, rows)
-    if plan.about is not None and status_code is not None:
-        about_seq, about_recipients = plan.about
-        for recipient in about_recipients:
-            timeline.append(
-                event_row(
-                    about_seq,
-                    recipient,
-                    now,
-                    "status",
-                    status_code,
-                    node.name,
-                    actor,
-                    status_seq=seq,
-                )
-            )
-    conn.execute(_INSERT_EVENTS, timeline)
+            for recipient, hop in plan.hops
+        ]
+        if plan.about is not None and status_code is not None:
+            about_seq, about_recipients = plan.about
+            timelines.load([about_seq])
+            report = StatusReport(code=StatusCode(status_code), reporter=row["sender"])
+            for recipient in about_recipients:
+                timelines.record(about_seq, recipient, report, at=now, actor=actor, status_seq=seq)
+        if rows:
+            conn.execute(_INSERT_DELIVERIES, rows)
     entries = [
         audit.Entry(
             "ingest" if plan.about is None else "status",
@@ -370,28 +339,6 @@ def ingest_document(node: Node, data: bytes, *, caller: Identity) -> Accepted:
 # --- statuses --------------------------------------------------------------------------------
 
 
-def timeline_of(conn: Connection, document_seq: int, sender: str, recipient: str) -> Timeline:
-    """Replay the recorded events of one (document, recipient) into a :class:`Timeline`."""
-    rows = conn.execute(
-        select(events.c.kind, events.c.code, events.c.actor, events.c.node)
-        .where(and_(events.c.document_seq == document_seq, events.c.recipient == recipient))
-        .order_by(events.c.id)
-    )
-    recorded: list[Event] = []
-    failed = False
-    for kind, code, actor, node in rows:
-        if kind != "transport":
-            recorded.append(StatusReport(code=StatusCode(code), reporter=actor.split(":", 1)[1]))
-            continue
-        state = TransportState(code)
-        if failed and state is TransportState.ACCEPTED:
-            recorded.append(Requeue())  # "accepted" after "failed" is how a requeue is recorded
-        else:
-            recorded.append(TransportEvent(state=state, node=node))
-        failed = state is TransportState.FAILED
-    return replay(sender, recipient, recorded)
-
-
 def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:
     """Verify a status package, apply it to the document it answers, store and deliver it."""
     verified = _verified(node, data, caller, PackageKind.STATUS)
@@ -411,7 +358,7 @@ def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:
             ),
             data,
         )
-    target_key = _dedup_key(target.organ_id, target.document_id, "")
+    target_key = package_key(target.organ_id, target.document_id, "")
 
     def plan(conn: Connection) -> _Plan:
         # FOR UPDATE serialises statuses about one document on PostgreSQL; SQLite's writer
@@ -446,12 +393,8 @@ def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:
                     detail={"reporter": reporter},
                 )
             concerned, deliver_to = [reporter], [row.sender]
-        for recipient in concerned:
-            apply_status(
-                timeline_of(conn, row.seq, row.sender, recipient),
-                package.status_code,
-                reporter=reporter,
-            )
+        # the status is checked against each timeline by the rules when it is recorded
+        # (_insert): a refusal there rolls the whole transaction back
         hops = [(r, node.next_hop(AgencyCode.parse(r))) for r in deliver_to]
         return _Plan(hops=hops, subject=package.description, about=(row.seq, concerned))
 

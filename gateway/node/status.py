@@ -29,8 +29,15 @@ Transport (reported by the node's own delivery, fetch, acknowledge and admin cod
     failed          failed                          no-op
     failed          delivered, fetched, acknowledg  409: a delivered document cannot fail
     s on the chain  failed                          409: an admin must requeue it first
-    requeue         failed                          accepted (node cleared)
-    requeue         anything else                   409: only a failed delivery is requeued
+    requeue         failed                          accepted (node cleared): sent again from here
+    requeue         anything else                   409 DeliveryNotFailed: only a failed delivery
+                                                    is requeued
+
+A requeue is an event of its own (:class:`Requeue`, stored as the transport code ``requeued``),
+never a transport state written after ``failed``: replaying ``accepted`` or ``delivered`` after
+``failed`` is refused. Whoever requeues records ``requeued`` first, then what happens next
+(``delivered`` for a recipient hosted here, ``in_transit`` when a peer takes it). Every stored
+event goes through these rules first (:mod:`gateway.node.timeline` is the only writer).
 
 Business statuses. Checks run in this order: who reports (403 :class:`StatusNotAllowed`), repeat
 (no-op), transport (the document must be delivered, fetched or acknowledged), withdrawn (after 15
@@ -70,9 +77,10 @@ from typing import Any, TypeAlias
 
 from gateway.agency import AgencyCode
 from gateway.envelope.model import StatusCode
-from gateway.errors import StatusNotAllowed, StatusTransitionInvalid
+from gateway.errors import DeliveryNotFailed, StatusError, StatusNotAllowed, StatusTransitionInvalid
 
 __all__ = [
+    "REFUSALS",
     "Event",
     "Requeue",
     "StatusReport",
@@ -207,7 +215,9 @@ class TransportEvent:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """An admin's requeue of a failed delivery.
+    """A failed delivery sent again: an admin's requeue here, or one learnt of (the previous
+    node sent the package again; a delivery or status proves it went on). Stored as the
+    transport code ``requeued``.
 
     Usage: ``apply(t, Requeue())``
     """
@@ -228,6 +238,10 @@ class StatusReport:
 
 #: Anything that can happen to a timeline.
 Event: TypeAlias = TransportEvent | Requeue | StatusReport
+
+#: Every refusal :func:`apply` can raise: ``except REFUSALS`` catches a rule saying no, and
+#: nothing else.
+REFUSALS = (StatusError, DeliveryNotFailed)
 
 
 # --- transport -------------------------------------------------------------------------------
@@ -292,14 +306,14 @@ def requeue(t: Timeline) -> Timeline:
 
     Usage: ``t = requeue(t)``
 
-    Raises :class:`~gateway.errors.StatusTransitionInvalid` unless the delivery has failed.
+    Raises :class:`~gateway.errors.DeliveryNotFailed` unless the delivery has failed (a
+    delivery that has not failed is not a status out of order: it needs no requeue at all).
     """
     if t.transport is not TransportState.FAILED:
-        raise _transport_invalid(
-            t,
-            "requeue",
+        raise DeliveryNotFailed(
             f"only a failed delivery can be requeued; the delivery to {t.recipient} has not "
             f"failed ({_transport_words(t)})",
+            detail={"recipient": t.recipient, "current": t.transport.value, "attempted": "requeue"},
         )
     return replace(t, transport=TransportState.ACCEPTED, node=None)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from support import DevPKI, make_pki
 
+from gateway.dev.network import free_port
 from gateway.dev.nodeconfig import write_node_config
 from gateway.trust.signing import SigningKey
 
@@ -31,12 +31,6 @@ H49 = "000.00.00.H49"
 H49_A = "000.00.01.H49"
 H49_B = "000.00.02.H49"
 HOSTED = (H49, H49_A, H49_B)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from support import DevPKI
 
 from gateway.api.app import create_app
 from gateway.api.server import make_config
+from gateway.dev.network import free_port
 from gateway.dev.nodeconfig import write_node_config
 from gateway.node.container import Node
 from gateway.settings import load_settings
@@ -39,12 +40,6 @@ NODE = "limits-node"
 PARENT = "parent-node"
 STRANGER = "stranger-node"
 H49 = "000.00.00.H49"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -295,10 +295,10 @@ ADMIN_EDGE_CASES: dict[str, tuple[bytes, int, str]] = {
         413,
         "REQUEST_BODY_TOO_LARGE",
     ),
-    "not JSON": (b"{ids: [1]}", 422, "REQUEST_ERROR"),
-    "not UTF-8": (b'{"ids":[1]}\xff', 422, "REQUEST_ERROR"),
-    "an integer of 5000 digits": (b'{"ids":[' + b"9" * 5000 + b"]}", 422, "REQUEST_ERROR"),
-    "ids of the wrong type": (b'{"ids":{"a":1}}', 422, "REQUEST_ERROR"),
+    "not JSON": (b"{ids: [1]}", 422, "REQUEST_BODY_INVALID"),
+    "not UTF-8": (b'{"ids":[1]}\xff', 422, "REQUEST_BODY_INVALID"),
+    "an integer of 5000 digits": (b'{"ids":[' + b"9" * 5000 + b"]}", 422, "REQUEST_BODY_INVALID"),
+    "ids of the wrong type": (b'{"ids":{"a":1}}', 422, "REQUEST_BODY_INVALID"),
 }
 
 

@@ -259,3 +259,26 @@ url = "sqlite:///fresh.db"
     upgraded = run("db", "upgrade", "--config", config)
     assert upgraded.returncode == 0, upgraded.stderr
     assert run("db", "current", "--config", config).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("demo", "--keep", "{busy}"), id="demo into a folder that is not empty"),
+        pytest.param(("deliveries", "requeue", "--config", "{config}"), id="requeue nothing"),
+        pytest.param(("db", "current", "--config", "{missing}"), id="db without settings"),
+        pytest.param(("audit", "verify", "--config", "{missing}"), id="audit without settings"),
+        pytest.param(("pki", "issue", "{busy}"), id="pki issue neither agency nor node"),
+    ],
+)
+def test_every_command_group_fails_the_same_way(tmp_path: Path, args: tuple[str, ...]) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x", encoding="utf-8")
+    config = tmp_path / "node.toml"
+    config.write_text("", encoding="utf-8")
+    where = {"busy": busy, "config": config, "missing": tmp_path / "missing.toml"}
+    done = run(*(arg.format(**where) for arg in args))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.fullmatch(r"error: [A-Z_]+: .+\n", done.stderr), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from served import H49, NODE, PARENT, Served, serve_node
 from support import DevPKI
 
-from gateway.api.app import LastResort
+from gateway.api.refusals import LastResort
 from gateway.errors import InternalError, all_error_classes
 from gateway.network.wire import RELAY_CONTENT_TYPE
 
-#: every code the API may answer with: the error tree's, and Starlette's own 404/405
-CODES = {cls.code for cls in all_error_classes()} | {"NOT_FOUND", "METHOD_NOT_ALLOWED"}
+#: every code the API may answer with: the error tree's (Starlette's own 404/405 included)
+CODES = {cls.code for cls in all_error_classes()}
 
 #: (path, content type, caller) of each route that takes a body
 ROUTES = {

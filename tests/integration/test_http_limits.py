@@ -20,8 +20,9 @@ import pytest
 from served import H49, NODE, PARENT, STRANGER, Served, serve_node
 from support import DevPKI
 
-from gateway.api.app import CallerQueues
-from gateway.api.server import HTTPLimits, TLSH11Protocol, TLSHttpToolsProtocol, make_config
+from gateway.api.lanes import CallerQueues
+from gateway.api.limits import HTTPLimits
+from gateway.api.server import TLSH11Protocol, TLSHttpToolsProtocol, make_config
 from gateway.network.wire import RELAY_CONTENT_TYPE
 
 #: short timeouts, so that the timeout tests take about a second

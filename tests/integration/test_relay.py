@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,19 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+class Ticks:
+    """A monotonic clock moved by hand: the circuit breaker's probe interval without sleeping."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
 
 
 @dataclass
@@ -120,6 +132,7 @@ class Pair:
     province: Node
     central: Node
     clock: Clock
+    ticks: Ticks
     transport: Direct
     back: Direct
     dispatcher: Dispatcher
@@ -169,14 +182,16 @@ def pair(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[Pair]:
     nodes = {"h49": province, "central": central}
     transport = Direct(nodes, province)
     back = Direct(nodes, central)
+    ticks = Ticks()
     yield Pair(
         province=province,
         central=central,
         clock=clock,
+        ticks=ticks,
         transport=transport,
         back=back,
-        dispatcher=Dispatcher(province, transport),
-        central_dispatcher=Dispatcher(central, back),
+        dispatcher=Dispatcher(province, transport, monotonic=ticks),
+        central_dispatcher=Dispatcher(central, back, monotonic=ticks),
         pki=pki,
     )
     province.engine.dispose()
@@ -296,7 +311,10 @@ def test_an_unreachable_peer_is_retried_with_backoff_then_tripped_and_drained_in
     calls = len(pair.transport.calls)
     pair.dispatcher.run_peer("central")
     assert len(pair.transport.calls) == calls
-    time.sleep(0.25)  # the probe interval (0.2 s)
+    pair.ticks.advance(0.15)  # the probe interval (0.2 s) has not passed: still held back
+    pair.dispatcher.run_peer("central")
+    assert len(pair.transport.calls) == calls
+    pair.ticks.advance(0.1)  # now it has: one probe goes out
     pair.transport.down = False
     pair.clock.advance(-10_000)  # the rows' backoff is not over: the probe ignores it
     assert pair.dispatcher.run_peer("central") == 4

@@ -17,6 +17,11 @@ from gateway.trust.signing import sign_package
 STATIC = sorted(VARIANTS)
 
 
+def test_wrapping_list_is_the_attack_folder() -> None:
+    """Every wrap_* file of tests/data/attacks is tested (the others in test_xmlsafe)."""
+    assert set(STATIC) == {p.name for p in ATTACKS.glob("wrap_*")}
+
+
 @pytest.fixture(scope="module")
 def signed(pki: DevPKI) -> bytes:
     data = sign_package(sample("edoc_update.edxml"), pki.key(G22))

@@ -11,7 +11,6 @@ a real child process.
 import datetime as dt
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api.auth import identify, require_identity
 from gateway.api.server import make_config, make_ssl_context
+from gateway.dev.network import free_port
 from gateway.dev.pki import CAPaths, IssuedPaths, init_ca, issue, revoke
 from gateway.errors import ConfigError, GatewayError
 from gateway.settings import (
@@ -177,12 +177,6 @@ def _unbound_certificate(ca: CAPaths, where: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_for(

@@ -8,8 +8,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gateway.envelope.model import StatusCode
-from gateway.errors import AgencyCodeError, StatusError, StatusNotAllowed, StatusTransitionInvalid
+from gateway.errors import (
+    AgencyCodeError,
+    DeliveryNotFailed,
+    StatusNotAllowed,
+    StatusTransitionInvalid,
+)
 from gateway.node.status import (
+    REFUSALS,
     Event,
     Requeue,
     StatusReport,
@@ -318,8 +324,11 @@ def test_after_failed_only_a_requeue_moves_on(state: TransportState) -> None:
 @pytest.mark.parametrize("state", [T.ACCEPTED, T.IN_TRANSIT, T.DELIVERED, T.ACKNOWLEDGED])
 def test_only_a_failed_delivery_is_requeued(state: TransportState) -> None:
     t = apply_transport(Timeline.start(G22, H41), state)
-    with pytest.raises(StatusTransitionInvalid, match="only a failed delivery can be requeued"):
+    # a delivery that has not failed is not a status out of order: its own code, still a 409
+    with pytest.raises(DeliveryNotFailed, match="only a failed delivery can be requeued") as caught:
         requeue(t)
+    assert (caught.value.code, caught.value.http_status) == ("DELIVERY_NOT_FAILED", 409)
+    assert caught.value.detail == {"recipient": H41, "current": state.value, "attempted": "requeue"}
 
 
 # --- events, replay, summary -----------------------------------------------------------------
@@ -407,7 +416,7 @@ ENTITLED_EVENTS: st.SearchStrategy[Event] = st.sampled_from(_WEIGHTS).flatmap(
 
 @settings(max_examples=120, deadline=None)
 @given(st.booleans(), st.lists(EVENTS, min_size=5, max_size=50))
-def test_random_events_are_applied_or_refused_with_a_status_error(
+def test_random_events_are_applied_or_refused_with_a_rules_error(
     start_delivered: bool, events: list[Event]
 ) -> None:
     t = Timeline.start(G22, H41)
@@ -416,8 +425,9 @@ def test_random_events_are_applied_or_refused_with_a_status_error(
     for event in events:
         try:
             t = apply(t, event)
-        except StatusError as exc:
-            assert isinstance(exc, StatusNotAllowed | StatusTransitionInvalid)
+        except REFUSALS as exc:
+            assert isinstance(exc, StatusNotAllowed | StatusTransitionInvalid | DeliveryNotFailed)
+            assert isinstance(exc, DeliveryNotFailed) == isinstance(event, Requeue)
             assert exc.http_status in (403, 409)
             assert exc.detail["recipient"] == H41
             assert {"recipient", "attempted"} <= exc.detail.keys()
@@ -444,7 +454,7 @@ class TimelineMachine(RuleBasedStateMachine):
         before = self.t
         try:
             after = apply(before, event)
-        except StatusError:
+        except REFUSALS:
             return
         self._check_step(before, after, event)
         self.t = after

@@ -29,6 +29,12 @@ HOSTILE = {
 }
 
 
+def test_hostile_list_is_the_attack_folder() -> None:
+    """Every file of tests/data/attacks is tested: here, or (wrap_*) in test_signature_attacks."""
+    on_disk = {p.name for p in ATTACKS.iterdir() if not p.name.startswith("wrap_")}
+    assert set(HOSTILE) == on_disk
+
+
 @pytest.mark.parametrize(("name", "code"), sorted(HOSTILE.items()))
 def test_hostile_xml_is_refused_with_its_code(name: str, code: str) -> None:
     with pytest.raises(XMLError) as info:
