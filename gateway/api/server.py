@@ -142,7 +142,29 @@ def _per_request(tls: dict[str, Any]) -> dict[str, Any]:
     return {**tls, "client_cert_chain": list(tls["client_cert_chain"])}
 
 
-class TLSHttpToolsProtocol(HttpToolsProtocol):
+class _Budgeted:
+    """What both protocol classes do with their connection's :class:`Budget` around uvicorn's
+    own handling (listed first in their bases, so ``super()`` is uvicorn's protocol)."""
+
+    _budget: Budget
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._budget.stop()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._budget.before_data():
+            return
+        super().data_received(data)  # type: ignore[misc]
+        self._budget.after_data(len(data))
+
+    def send_400_response(self, msg: str) -> None:
+        # the parser refused the bytes: answered in the API's shape, not uvicorn's plain text
+        # (nothing more is written when a limit has refused the connection already)
+        self._budget.refuse(RequestMalformed(), reason="malformed")
+
+
+class TLSHttpToolsProtocol(_Budgeted, HttpToolsProtocol):
     """uvicorn's httptools protocol, adding the ASGI ``tls`` extension to each request scope
     and holding the connection to :class:`HTTPLimits`.
 
@@ -160,21 +182,6 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
         self._budget = Budget(self, self.limits)
         self.app = close_when_unread(self.app, self._budget)
         self._budget.start()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._budget.stop()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._budget.before_data():
-            return
-        super().data_received(data)
-        self._budget.after_data(len(data))
-
-    def send_400_response(self, msg: str) -> None:
-        # the parser refused the bytes: answered in the API's shape, not uvicorn's plain text
-        # (nothing more is written when a limit has refused the connection already)
-        self._budget.refuse(RequestMalformed(), reason="malformed")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -204,7 +211,7 @@ class TLSHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-class TLSH11Protocol(H11Protocol):
+class TLSH11Protocol(_Budgeted, H11Protocol):
     """uvicorn's h11 protocol, adding the ASGI ``tls`` extension to each request scope and
     holding the connection to :class:`HTTPLimits`.
 
@@ -224,21 +231,6 @@ class TLSH11Protocol(H11Protocol):
             self.app = _with_tls(self.app, tls)
         self.app = close_when_unread(self.app, self._budget)
         self._budget.start()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._budget.stop()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._budget.before_data():
-            return
-        super().data_received(data)
-        self._budget.after_data(len(data))
-
-    def send_400_response(self, msg: str) -> None:
-        # the parser refused the bytes: answered in the API's shape, not uvicorn's plain text
-        # (nothing more is written when a limit has refused the connection already)
-        self._budget.refuse(RequestMalformed(), reason="malformed")
 
 
 def _with_tls(app: Any, tls: dict[str, Any]) -> Any:

@@ -52,7 +52,7 @@ from gateway.evidence import audit
 from gateway.evidence.hops import sign_hop, trusted_chain
 from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
 from gateway.evidence.receipts import verify_receipt
-from gateway.network.outbox import WAITING_STATES, dead_letter, mark_sent
+from gateway.network.outbox import WAITING_STATES, compare_and_set, dead_letter, mark_sent
 from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem
 from gateway.node.container import Node
@@ -369,20 +369,24 @@ class Dispatcher:
                     if attempts >= delivery.max_attempts or too_old:
                         expired.append(row)
                         continue
-                    conn.execute(
-                        update(deliveries)
-                        .where(
-                            and_(deliveries.c.id == row.id, deliveries.c.leased_by == self.worker)
-                        )
-                        .values(
-                            attempts=attempts,
-                            next_attempt_at=now
+                    # only a row still waiting and still ours: a delivered notice may have
+                    # settled it while the batch was out (the peer committed, its answer was
+                    # lost), and a delivered row must not look "waiting" again
+                    compare_and_set(
+                        conn,
+                        [row.id],
+                        {
+                            "attempts": attempts,
+                            "next_attempt_at": now
                             + dt.timedelta(seconds=backoff(node, max(attempts, 1))),
-                            last_error=exc.message[:2000],
-                            leased_by=None,
-                            lease_until=None,
-                            updated_at=now,
-                        )
+                            "last_error": exc.message[:2000],
+                            "leased_by": None,
+                            "lease_until": None,
+                            "updated_at": now,
+                        },
+                        states=WAITING_STATES,
+                        worker=self.worker,
+                        change="reschedule",
                     )
             if expired:
                 woken = dead_letter(
@@ -394,6 +398,7 @@ class Dispatcher:
                     f"{delivery.max_age} s: {exc.message}",
                     peer=peer.name,
                     attempted=not probe,
+                    worker=self.worker,
                 )
             if tripped:
                 audit.append(
@@ -455,6 +460,7 @@ class Dispatcher:
                         message=f"{peer.name} refused it: {result.message}",
                         peer=peer.name,
                         attempted=True,
+                        worker=self.worker,
                     )
                     continue
                 assert c.record is not None
@@ -495,15 +501,18 @@ class Dispatcher:
                 mark_sent(conn, node, moving, worker=self.worker, peer=peer.name, at=sent_at)
                 audit.append_many(conn, entries)
             if bad_receipts:
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_([r.id for c in bad_receipts for r in c.rows]))
-                    .values(
-                        leased_by=None,
-                        lease_until=None,
-                        next_attempt_at=now + dt.timedelta(seconds=backoff(node, 1)),
-                        last_error=ReceiptInvalid.code,
-                    )
+                compare_and_set(
+                    conn,
+                    [r.id for c in bad_receipts for r in c.rows],
+                    {
+                        "leased_by": None,
+                        "lease_until": None,
+                        "next_attempt_at": now + dt.timedelta(seconds=backoff(node, 1)),
+                        "last_error": ReceiptInvalid.code,
+                    },
+                    states=WAITING_STATES,
+                    worker=self.worker,
+                    change="bad_receipt",
                 )
             if recovered and accepted:
                 # the peer is back: everything waiting for it is due now, in order
@@ -512,6 +521,7 @@ class Dispatcher:
                     .where(
                         and_(
                             deliveries.c.next_hop == peer.name,
+                            deliveries.c.state.in_(WAITING_STATES),
                             deliveries.c.next_attempt_at > now,
                         )
                     )
@@ -557,6 +567,7 @@ class Dispatcher:
                 .where(
                     and_(
                         deliveries.c.next_attempt_at.is_not(None),
+                        deliveries.c.state.in_(WAITING_STATES),
                         deliveries.c.created_at < oldest,
                         or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
                     )

@@ -23,7 +23,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.evidence.nodekey import parse_utc
-from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES
+from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES, compare_and_set
 from gateway.node.container import Node
 from gateway.node.status import Requeue, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
@@ -106,24 +106,23 @@ def mark_delivered(
     mark_delivered_many(conn, node, [(seq, recipients, path)], at_node=at_node, actor=actor)
 
 
-_DELIVERY_ROWS_OF = select(
-    deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient, deliveries.c.state
-).where(deliveries.c.document_seq.in_(bindparam("seqs", expanding=True)))
+#: locked (PostgreSQL; SQLite has one writer) from this read to the update, in id order, so the
+#: rows' states do not change under the timelines written from them
+_DELIVERY_ROWS_OF = (
+    select(deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient, deliveries.c.state)
+    .where(deliveries.c.document_seq.in_(bindparam("seqs", expanding=True)))
+    .order_by(deliveries.c.id)
+    .with_for_update()
+)
 _IN_TRANSIT_SEEN = select(events.c.document_seq, events.c.recipient, events.c.node).where(
     and_(
         events.c.document_seq.in_(bindparam("seqs", expanding=True)),
         events.c.code == TransportState.IN_TRANSIT.value,
     )
 )
-_MARK_DELIVERED = (
-    update(deliveries)
-    .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        state=TransportState.DELIVERED.value,
-        next_attempt_at=None,
-        updated_at=bindparam("now"),
-    )
-)
+#: what a delivered notice moves: a row still waiting, or failed here while the package went on
+#: (requeued downstream); ``delivered`` is final for transport, so nothing else
+_MOVABLE = (*WAITING_STATES, TransportState.FAILED.value)
 
 
 def mark_delivered_many(
@@ -151,13 +150,12 @@ def mark_delivered_many(
     }
     now = node.now()
     moved: dict[int, None] = {}  # ordered, and a fast membership test
-    movable = (*WAITING_STATES, TransportState.FAILED.value)
     timelines = TimelineWriter(conn, node.name)
     timelines.load(seqs)
     for seq, recipients, path in packages:
         for recipient in recipients:
             r = rows.get((seq, recipient))
-            if r is None or r.state not in movable or r.id in moved:
+            if r is None or r.state not in _MOVABLE or r.id in moved:
                 continue
             if r.state == TransportState.FAILED.value:
                 # requeued downstream after a failure notice: the delivery proves it went on
@@ -171,8 +169,12 @@ def mark_delivered_many(
                     description="requeued",
                     strict=False,
                 )
-            for _, to, at in path:
-                if (seq, recipient, to) in seen or to == at_node:
+            for sent_from, to, at in path:
+                # the last hop's in_transit is implied by delivered there; except the hop from
+                # this node: that is the dispatcher's own in_transit, which this notice
+                # overtook (the peer's answer was late or lost), so it is recorded here, in
+                # its place before delivered, and the dispatcher's comes too late to move the row
+                if (seq, recipient, to) in seen or (to == at_node and sent_from != node.name):
                     continue
                 timelines.record(
                     seq,
@@ -193,5 +195,18 @@ def mark_delivered_many(
             if done is not None:
                 moved[r.id] = None
     timelines.flush()
-    if moved:
-        conn.execute(_MARK_DELIVERED, {"ids": list(moved), "now": now})
+    # the row leaves the dispatcher's hands: no lease, no next attempt (a batch still out
+    # finds the row delivered and leaves it alone, see compare_and_set)
+    compare_and_set(
+        conn,
+        list(moved),
+        {
+            "state": TransportState.DELIVERED.value,
+            "next_attempt_at": None,
+            "leased_by": None,
+            "lease_until": None,
+            "updated_at": now,
+        },
+        states=_MOVABLE,
+        change="delivered",
+    )

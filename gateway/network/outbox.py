@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.agency import AgencyCode
 from gateway.errors import (
@@ -40,7 +41,14 @@ from gateway.evidence.receipts import make_receipt
 from gateway.network.routing import would_loop
 from gateway.node.container import LOCAL, Node
 from gateway.node.dedup import notice_key
-from gateway.node.status import Requeue, TransportEvent, TransportState
+from gateway.node.status import (
+    REFUSALS,
+    Requeue,
+    Timeline,
+    TransportEvent,
+    TransportState,
+    apply,
+)
 from gateway.node.timeline import TimelineWriter, deliver_entry
 from gateway.storage.tables import deliveries, documents
 from gateway.trust.binding import describe
@@ -51,6 +59,7 @@ __all__ = [
     "WAITING_STATES",
     "add_deliveries",
     "add_deliveries_many",
+    "compare_and_set",
     "dead_letter",
     "mark_sent",
     "notify_delivered",
@@ -69,6 +78,76 @@ AT_RECIPIENT = (
     TransportState.FETCHED.value,
     TransportState.ACKNOWLEDGED.value,
 )
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def compare_and_set(
+    conn: Connection,
+    ids: Sequence[int],
+    values: dict[str, Any],
+    *,
+    states: Sequence[str],
+    worker: str | None = None,
+    unleased_at: dt.datetime | None = None,
+    change: str,
+) -> list[int]:
+    """Apply ``values`` to the delivery rows ``ids`` that are still in one of ``states`` (and,
+    with ``worker``, still leased by it; with ``unleased_at``, not leased or whose lease ran out
+    by then); the ids it changed.
+
+    Usage: ``changed = compare_and_set(conn, ids, {...}, states=WAITING_STATES, worker=w,
+    change="reschedule")``
+
+    Every transition of a delivery row goes through here: the condition is in the UPDATE
+    itself, so a delivered notice committed by another transaction between the caller's read
+    and this write (PostgreSQL re-checks the WHERE of a row it waited for) is never undone.
+    A row found in another state is left alone and logged (``delivery.stale_update``); the
+    caller acts (timeline, notice) only on the ids returned.
+    """
+    if not ids:
+        return []
+    where: list[ColumnElement[bool]] = [
+        deliveries.c.id.in_(list(ids)),
+        deliveries.c.state.in_(list(states)),
+    ]
+    if worker is not None:
+        where.append(deliveries.c.leased_by == worker)
+    if unleased_at is not None:
+        where.append(
+            or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < unleased_at)
+        )
+    changed = list(
+        conn.execute(
+            update(deliveries).where(and_(*where)).values(**values).returning(deliveries.c.id)
+        ).scalars()
+    )
+    _log_stale(conn, set(ids) - set(changed), change=change, states=states, worker=worker)
+    return changed
+
+
+def _log_stale(
+    conn: Connection, ids: set[int], *, change: str, states: Sequence[str], worker: str | None
+) -> None:
+    """Log the rows a compare-and-set left alone, with the state it found them in."""
+    if not ids:
+        return
+    for row in conn.execute(
+        select(deliveries.c.id, deliveries.c.state, deliveries.c.leased_by).where(
+            deliveries.c.id.in_(sorted(ids))
+        )
+    ):
+        # normal on slow links (a delivered notice overtook the batch's answer): info
+        log.info(
+            "delivery.stale_update",
+            id=row.id,
+            change=change,
+            expected=list(states),
+            found=row.state,
+            leased_by=row.leased_by,
+            worker=worker,
+        )
 
 
 # --- rows ------------------------------------------------------------------------------------
@@ -405,49 +484,67 @@ def dead_letter(
     message: str,
     peer: str | None,
     attempted: bool = False,
+    worker: str | None = None,
 ) -> set[str]:
     """Give up on ``rows``: failed, with the reason; one notice per package to its sender.
 
-    ``attempted``: the rows were just tried once more (counted in ``attempts``)."""
+    ``attempted``: the rows were just tried once more (counted in ``attempts``). ``worker``:
+    the dispatcher that holds the rows' lease (only rows it still holds fail); without it
+    (housekeeping) only rows nobody holds, or whose lease ran out, fail.
+
+    Only rows still waiting change (:func:`compare_and_set`): a row a delivered notice settled
+    meanwhile (the peer committed, its answer was lost) has reached its recipient, and a
+    delivered document cannot fail; its sender gets no failure notice.
+    """
     if not rows:
         return set()
     now = node.now()
     actor = f"node:{node.name}"
     reason = f"{code}: {message}"
+    failed = TransportEvent(state=TransportState.FAILED)
     with TimelineWriter(conn, node.name) as timelines:
         timelines.load(r.document_seq for r in rows)
-        # not strict: a row a delivered notice settled meanwhile (it raced the dispatcher's
-        # claim) has reached its recipient, and a delivered document cannot fail
-        failing = [
-            r
-            for r in rows
-            if timelines.record(
+        # the rules first (nothing written): a timeline that cannot fail leaves its row alone
+        allowed = [r for r in rows if _accepts(timelines.timeline(r.document_seq, r.recipient))]
+        _log_stale(
+            conn,
+            {r.id for r in rows} - {r.id for r in allowed},
+            change="dead_letter",
+            states=WAITING_STATES,
+            worker=worker,
+        )
+        changed = set(
+            compare_and_set(
+                conn,
+                [r.id for r in allowed],
+                {
+                    "attempts": deliveries.c.attempts + (1 if attempted else 0),
+                    "state": TransportState.FAILED.value,
+                    "next_attempt_at": None,
+                    "leased_by": None,
+                    "lease_until": None,
+                    "last_error": reason[:2000],
+                    "updated_at": now,
+                },
+                states=WAITING_STATES,
+                worker=worker,
+                unleased_at=None if worker is not None else now,
+                change="dead_letter",
+            )
+        )
+        rows = [r for r in allowed if r.id in changed]
+        for r in rows:
+            timelines.record(
                 r.document_seq,
                 r.recipient,
-                TransportEvent(state=TransportState.FAILED),
+                failed,
                 at=now,
                 actor=actor,
                 description=reason,
                 strict=False,
             )
-            is not None
-        ]
-    rows = failing
     if not rows:
         return set()
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id.in_([r.id for r in rows]))
-        .values(
-            attempts=deliveries.c.attempts + (1 if attempted else 0),
-            state=TransportState.FAILED.value,
-            next_attempt_at=None,
-            leased_by=None,
-            lease_until=None,
-            last_error=reason[:2000],
-            updated_at=now,
-        )
-    )
     woken: set[str] = set()
     per_doc: dict[int, list[str]] = {}
     for r in rows:
@@ -489,8 +586,17 @@ _MARK_IN_TRANSIT = (
         attempts=deliveries.c.attempts + 1,
         updated_at=bindparam("now"),
     )
-    .returning(deliveries.c.document_seq, deliveries.c.recipient)
+    .returning(deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient)
 )
+
+
+def _accepts(timeline: Timeline) -> bool:
+    """The rules let ``timeline`` fail now (it is still on its way)."""
+    try:
+        apply(timeline, TransportEvent(state=TransportState.FAILED))
+    except REFUSALS:
+        return False
+    return True
 
 
 def mark_sent(
@@ -513,13 +619,20 @@ def mark_sent(
     moved = conn.execute(
         _MARK_IN_TRANSIT, {"ids": list(ids), "worker": worker, "now": node.now()}
     ).all()
+    _log_stale(
+        conn,
+        set(ids) - {r.id for r in moved},
+        change="in_transit",
+        states=WAITING_STATES,
+        worker=worker,
+    )
     if not moved:
         return
     # not strict: the peer has the package whatever this node's copy of the timeline says,
     # and a refusal must not undo the receipts just stored
     with TimelineWriter(conn, node.name) as timelines:
-        timelines.load(seq for seq, _ in moved)
-        for seq, recipient in sorted(moved):
+        timelines.load(r.document_seq for r in moved)
+        for _, seq, recipient in sorted(moved):
             timelines.record(
                 seq,
                 recipient,

@@ -507,8 +507,29 @@ def _delivered_by_status(
         is None
     ):
         return
+    # compare-and-set, and out of the dispatcher's hands (no lease, no next attempt): a
+    # batch still out with this row then finds it delivered and leaves it alone
     timelines.conn.execute(
         update(deliveries)
-        .where(and_(deliveries.c.document_seq == about, deliveries.c.recipient == recipient))
-        .values(state=TransportState.DELIVERED.value, next_attempt_at=None, updated_at=now)
+        .where(
+            and_(
+                deliveries.c.document_seq == about,
+                deliveries.c.recipient == recipient,
+                # failed too: the requeue just recorded (the package went on downstream)
+                deliveries.c.state.in_(
+                    [
+                        TransportState.ACCEPTED.value,
+                        TransportState.IN_TRANSIT.value,
+                        TransportState.FAILED.value,
+                    ]
+                ),
+            )
+        )
+        .values(
+            state=TransportState.DELIVERED.value,
+            next_attempt_at=None,
+            leased_by=None,
+            lease_until=None,
+            updated_at=now,
+        )
     )

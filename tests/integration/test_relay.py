@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from factory import document, signed
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select, update
 from support import DevPKI
 
 from gateway.dev.nodeconfig import write_node_config
@@ -26,6 +27,8 @@ from gateway.errors import PeerUnavailable
 from gateway.evidence.hops import verify_hops, verify_notice
 from gateway.evidence.receipts import verify_receipt
 from gateway.network.dispatcher import Dispatcher
+from gateway.network.notices import mark_delivered_many
+from gateway.network.outbox import dead_letter
 from gateway.network.relay import receive_batch
 from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem, decode_batch, encode_batch
@@ -35,7 +38,7 @@ from gateway.node.inbox import fetch, list_inbox, status_view
 from gateway.node.ingest import ingest_document
 from gateway.settings import load_settings
 from gateway.storage import db
-from gateway.storage.tables import audit_log, deliveries, documents, hops
+from gateway.storage.tables import audit_log, deliveries, documents, events, hops
 from gateway.trust.caller import Identity
 
 G12 = "000.00.00.G12"
@@ -403,3 +406,209 @@ def test_a_lease_keeps_rows_from_a_second_worker_until_it_runs_out(pair: Pair) -
     assert second._claim(peer, probe=False) == []
     pair.clock.advance(pair.province.settings.delivery.lease + 1)  # worker a died
     assert len(second._claim(peer, probe=False)) == 3
+
+
+# --- races between a batch in flight and the delivered notice --------------------------------
+# Each test interleaves by hand what the field interleaves by timing: the dispatcher claims a
+# batch, the peer commits it, its answer is lost or late, and the delivered notice (sent by the
+# recipient's node on another connection) is applied before the dispatcher records the outcome.
+
+CENTRAL = Peer("central", "https://x")
+
+
+def _deliver_by_notice(pair: Pair, seq: int, at: dt.datetime) -> None:
+    """What the delivered notice from central does at the province (relay.py applies it)."""
+    with pair.province.writing() as conn:
+        mark_delivered_many(
+            conn,
+            pair.province,
+            [(seq, [G12], [["h49", "central", at.isoformat()]])],
+            at_node="central",
+            actor="node:central",
+        )
+
+
+def _transport_events(node: Node, seq: int) -> list[tuple[str, str]]:
+    with node.reader.connect() as conn:
+        return [
+            (r.code, r.node)
+            for r in conn.execute(
+                select(events.c.code, events.c.node)
+                .where(and_(events.c.document_seq == seq, events.c.kind == "transport"))
+                .order_by(events.c.id)
+            )
+        ]
+
+
+def _notices(pair: Pair) -> list[dict[str, Any]]:
+    """The failure notices in the sender DMS's inbox, verified."""
+    me = _agency(pair, H49)
+    return [
+        verify_notice(json.loads(fetch(pair.province, me, n["id"])), trust=pair.pki.trust())
+        for n in list_inbox(pair.province, me).items
+        if n["kind"] == "notice"
+    ]
+
+
+def _to_g12(pair: Pair) -> list[Any]:
+    """The province's rows of documents to G12 (not of the notices to H49), in id order."""
+    return [r for r in _rows(pair.province) if r.recipient == G12]
+
+
+def _assert_no_leases(node: Node) -> None:
+    leased = [(r.id, r.state) for r in _rows(node) if r.leased_by or r.lease_until]
+    assert leased == [], "a row that left the worker's hands is still leased"
+
+
+def _delivered_cleanly(row: Any) -> None:
+    assert row.state == "delivered", row
+    assert (row.next_attempt_at, row.leased_by, row.lease_until) == (None, None, None), row
+
+
+def test_a_failed_batch_does_not_reschedule_a_row_the_delivered_notice_settled(
+    pair: Pair,
+) -> None:
+    for _ in range(2):
+        pair.push(H49, [G12])
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    first, second = _to_g12(pair)
+    assert first.leased_by == pair.dispatcher.worker
+    _deliver_by_notice(pair, first.document_seq, pair.clock.now)
+    pair.dispatcher._failed(CENTRAL, claimed, PeerUnavailable("timed out"), probe=False)
+    first, second = _to_g12(pair)
+    _delivered_cleanly(first)
+    assert first.attempts == 0 and first.last_error is None
+    assert second.state == "accepted" and second.attempts == 1  # rescheduled as before
+    assert second.next_attempt_at > pair.clock.now and second.last_error == "timed out"
+    _assert_no_leases(pair.province)
+    assert _notices(pair) == []
+
+
+def test_a_last_attempt_does_not_fail_a_row_the_delivered_notice_settled(pair: Pair) -> None:
+    for _ in range(2):
+        pair.push(H49, [G12])
+    with pair.province.writing() as conn:  # both on their last attempt (max_attempts 5)
+        conn.execute(update(deliveries).values(attempts=4))
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    first, second = _to_g12(pair)
+    _deliver_by_notice(pair, first.document_seq, pair.clock.now)
+    pair.dispatcher._failed(CENTRAL, claimed, PeerUnavailable("timed out"), probe=False)
+    first, second = _to_g12(pair)
+    _delivered_cleanly(first)
+    assert second.state == "failed" and second.attempts == 5
+    _assert_no_leases(pair.province)
+    assert [(n["event"], n["recipients"]) for n in _notices(pair)] == [("failed", [G12])]
+    assert _transport_events(pair.province, first.document_seq) == [
+        ("accepted", "h49"),
+        ("in_transit", "central"),
+        ("delivered", "central"),
+    ]
+    assert _transport_events(pair.province, second.document_seq)[-1] == ("failed", "h49")
+    # one dead_letter entry, about the second package only
+    assert [e for e, _, _ in _audit(pair.province)].count("dead_letter") == 1
+
+
+def test_housekeeping_past_max_age_fails_only_free_rows_that_are_not_delivered(
+    pair: Pair,
+) -> None:
+    for _ in range(3):
+        pair.push(H49, [G12])
+    pair.clock.advance(DELIVERY["max_age"] + 1)
+    pair.dispatcher._claim(CENTRAL, probe=False)  # a live worker holds all three
+    first, *_ = _to_g12(pair)
+    _deliver_by_notice(pair, first.document_seq, pair.clock.now)
+    assert pair.dispatcher.housekeeping() == 0  # the others are still leased
+    assert {r.state for r in _to_g12(pair)} == {"delivered", "accepted"}
+    pair.clock.advance(pair.province.settings.delivery.lease + 1)  # that worker died
+    assert pair.dispatcher.housekeeping() == 2
+    first, second, third = _to_g12(pair)
+    _delivered_cleanly(first)
+    assert (second.state, third.state) == ("failed", "failed")
+    _assert_no_leases(pair.province)
+    assert len(_notices(pair)) == 2
+
+
+def test_a_dead_letter_that_finds_a_delivered_row_changes_nothing_and_says_so(
+    pair: Pair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair.push(H49, [G12])
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    (row,) = _to_g12(pair)
+    _deliver_by_notice(pair, row.document_seq, pair.clock.now)
+    with structlog.testing.capture_logs() as logs, pair.province.writing() as conn:
+        woken = dead_letter(
+            conn,
+            pair.province,
+            claimed[0].rows,
+            code="RELAY_X",
+            message="refused",
+            peer="central",
+            worker=pair.dispatcher.worker,
+        )
+    assert woken == set()
+    _delivered_cleanly(_to_g12(pair)[0])
+    stale = [e for e in logs if e["event"] == "delivery.stale_update"]
+    assert [(e["id"], e["change"], e["found"]) for e in stale] == [
+        (row.id, "dead_letter", "delivered")
+    ]
+    assert _notices(pair) == []
+
+
+def test_a_late_answer_after_the_delivered_notice_keeps_one_in_transit_before_delivered(
+    pair: Pair,
+) -> None:
+    pair.push(H49, [G12])
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    pair.dispatcher._prepare(CENTRAL, claimed)
+    results = pair.transport.send(CENTRAL, [c.item for c in claimed if c.item is not None])
+    assert claimed[0].record is not None
+    sent_at = claimed[0].record["hop"]["at"]
+    (row,) = _to_g12(pair)
+    _deliver_by_notice(pair, row.document_seq, pair.clock.now)  # overtakes central's answer
+    assert pair.dispatcher._record(CENTRAL, claimed, results) == 1
+    (row,) = _to_g12(pair)
+    _delivered_cleanly(row)
+    assert row.attempts == 0  # the late receipt moved nothing
+    assert _transport_events(pair.province, row.document_seq) == [
+        ("accepted", "h49"),
+        ("in_transit", "central"),
+        ("delivered", "central"),
+    ]
+    with pair.province.reader.connect() as conn:
+        at = conn.execute(select(events.c.at).where(events.c.code == "in_transit")).scalar_one()
+    assert at == dt.datetime.fromisoformat(sent_at).replace(tzinfo=at.tzinfo)
+    assert _notices(pair) == []
+
+
+def test_no_row_stays_leased_however_it_leaves_the_worker(pair: Pair) -> None:
+    pair.push(H49, [G12])
+    assert pair.dispatcher.run_peer("central") == 1  # sent
+    _assert_no_leases(pair.province)
+    assert pair.central_dispatcher.run_peer("h49") == 1  # delivered by notice
+    _assert_no_leases(pair.province)
+    pair.push(H49, [G12])
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    pair.dispatcher._release(claimed)  # released (a batch that could not be prepared)
+    _assert_no_leases(pair.province)
+    pair.transport.down = True
+    pair.dispatcher.run_peer("central")  # failed: rescheduled
+    _assert_no_leases(pair.province)
+    with pair.province.writing() as conn:
+        conn.execute(update(deliveries).values(attempts=4))
+    pair.clock.advance(1000)
+    Dispatcher(pair.province, pair.transport).run_peer("central")  # dead-lettered
+    assert [r.state for r in _to_g12(pair) if r.recipient == G12][-1] == "failed"
+    _assert_no_leases(pair.province)
+    failed = [d["id"] for d in list_deliveries(pair.province, state="failed")]
+    assert requeue(pair.province, failed, actor="admin:test") == failed  # requeued
+    _assert_no_leases(pair.province)
+    pair.transport.down = False
+    pair.push(H49, [G12])
+    claimed = pair.dispatcher._claim(CENTRAL, probe=False)
+    for c in claimed:  # delivered by notice while leased
+        _deliver_by_notice(pair, c.seq, pair.clock.now)
+    _assert_no_leases(pair.province)
+    pair.clock.advance(DELIVERY["max_age"] + 1)
+    assert pair.dispatcher.housekeeping() == 0  # past max_age: a delivered row never fails
+    _assert_no_leases(pair.province)
+    assert [r.state for r in _to_g12(pair)] == ["delivered"] * 3, _to_g12(pair)
