@@ -163,6 +163,19 @@ class _Budgeted:
         # (nothing more is written when a limit has refused the connection already)
         self._budget.refuse(RequestMalformed(), reason="malformed")
 
+    def shutdown(self) -> None:
+        # The node is stopping. uvicorn closes an idle kept-alive connection, but a TLS close
+        # waits for the peer's close_notify, which an idle client never sends: the stop then
+        # waited out the whole graceful timeout and logged "Cancel 0 running task(s), timeout
+        # graceful shutdown exceeded" at every SIGTERM. Nothing is in flight on an idle
+        # connection, so it is dropped at once; one with a request in flight finishes it.
+        cycle = getattr(self, "cycle", None)
+        idle = cycle is None or cycle.response_complete
+        super().shutdown()  # type: ignore[misc]
+        transport = getattr(self, "transport", None)
+        if idle and transport is not None:
+            transport.abort()
+
 
 class TLSHttpToolsProtocol(_Budgeted, HttpToolsProtocol):
     """uvicorn's httptools protocol, adding the ASGI ``tls`` extension to each request scope
