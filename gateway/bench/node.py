@@ -19,7 +19,7 @@ One run, three parts, nothing shared between them but the pre-signed documents:
   :func:`gateway.node.ingest.ingest_document` (safe parse, XSD, signature, chain, CRL, one
   transaction writing the document, its delivery, its events and its audit entry, the signed
   receipt) with a :class:`~gateway.node.container.Node` built as ``gateway serve`` builds it and an
-  :class:`~gateway.api.auth.Identity` made up front, logging to a file as the node does. CPU
+  :class:`~gateway.trust.caller.Identity` made up front, logging to a file as the node does. CPU
   seconds per document (``time.process_time``). Half of it runs before the node, half after,
   so that drift hits both.
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog.testing
+from direct import Direct
 from factory import document, signed
 from sqlalchemy import and_, func, select, update
 from support import DevPKI
@@ -29,9 +30,8 @@ from gateway.evidence.receipts import verify_receipt
 from gateway.network.dispatcher import Dispatcher
 from gateway.network.notices import mark_delivered_many
 from gateway.network.outbox import dead_letter
-from gateway.network.relay import receive_batch
 from gateway.network.routing import Peer
-from gateway.network.wire import ItemResult, RelayItem, decode_batch, encode_batch
+from gateway.network.wire import RelayItem
 from gateway.node.admin import list_deliveries, requeue
 from gateway.node.container import Node
 from gateway.node.inbox import fetch, list_inbox, status_view
@@ -69,39 +69,6 @@ class Ticks:
 
     def advance(self, seconds: float) -> None:
         self.seconds += seconds
-
-
-@dataclass
-class Direct:
-    """Hands relay batches to the other node in-process; ``down`` makes it a dead network."""
-
-    nodes: dict[str, Node]
-    sender: Node
-    down: bool = False
-    tamper: bool = False
-    calls: list[int] = field(default_factory=list)
-
-    def send(self, peer: Peer, items: Sequence[RelayItem]) -> list[ItemResult]:
-        self.calls.append(len(items))
-        if self.down:
-            raise PeerUnavailable(f"{peer.name} cannot be reached: ConnectError")
-        body = encode_batch(items)
-        if self.tamper:
-            body = body[:-40] + bytes([body[-40] ^ 1]) + body[-39:]
-        caller = Identity(
-            kind="node", node=self.sender.name, certificate=self.sender.key.certificate
-        )
-        results = receive_batch(self.nodes[peer.name], caller, decode_batch(body, max_items=1000))
-        return [
-            ItemResult(
-                ok=r["ok"],
-                receipt=r.get("receipt"),
-                duplicate=bool(r.get("duplicate")),
-                code=r.get("code"),
-                message=r.get("message"),
-            )
-            for r in results
-        ]
 
 
 def _node(tmp: Path, pki: DevPKI, url: str, clock: Clock, **sections: Any) -> Node:

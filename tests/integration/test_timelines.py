@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from direct import Direct
 from factory import document, signed, status
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -42,11 +43,8 @@ from support import DevPKI
 
 from gateway.agency import AgencyCode
 from gateway.dev.nodeconfig import write_node_config
-from gateway.errors import GatewayError, PeerUnavailable
+from gateway.errors import GatewayError
 from gateway.network.dispatcher import Dispatcher
-from gateway.network.relay import receive_batch
-from gateway.network.routing import Peer
-from gateway.network.wire import ItemResult, RelayItem, decode_batch, encode_batch
 from gateway.node.admin import requeue
 from gateway.node.container import Node
 from gateway.node.inbox import acknowledge, fetch, list_inbox
@@ -93,34 +91,9 @@ class Clock:
         return self.now
 
 
-@dataclass
-class Link:
-    """Hands relay batches to the other node in-process; down or tampering on demand."""
-
-    nodes: dict[str, Node]
-    sender: Node
-    mode: str = "ok"  # "ok", "down" (PeerUnavailable: retried) or "tamper" (refused: dead letter)
-
-    def send(self, peer: Peer, items: Sequence[RelayItem]) -> list[ItemResult]:
-        if self.mode == "down":
-            raise PeerUnavailable(f"{peer.name} cannot be reached: ConnectError")
-        body = encode_batch(items)
-        if self.mode == "tamper":
-            body = body[:-40] + bytes([body[-40] ^ 1]) + body[-39:]
-        caller = Identity(
-            kind="node", node=self.sender.name, certificate=self.sender.key.certificate
-        )
-        results = receive_batch(self.nodes[peer.name], caller, decode_batch(body, max_items=1000))
-        return [
-            ItemResult(
-                ok=r["ok"],
-                receipt=r.get("receipt"),
-                duplicate=bool(r.get("duplicate")),
-                code=r.get("code"),
-                message=r.get("message"),
-            )
-            for r in results
-        ]
+def set_mode(link: Direct, mode: str) -> None:
+    """``ok``, ``down`` (PeerUnavailable: retried) or ``tamper`` (refused: dead letter)."""
+    link.down, link.tamper = mode == "down", mode == "tamper"
 
 
 @dataclass
@@ -128,7 +101,7 @@ class World:
     """Two nodes, their links and dispatchers: built once, used by every example."""
 
     nodes: dict[str, Node]
-    links: dict[str, Link]
+    links: dict[str, Direct]
     dispatchers: dict[str, Dispatcher]
     clock: Clock
     pki: DevPKI
@@ -191,7 +164,7 @@ def world(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[World]:
         children=[{"name": "h49", "url": "https://127.0.0.1:2", "serves": [H49]}],
     )
     nodes = {"h49": province, "central": central, "h49-halong": district}
-    links = {name: Link(nodes, node) for name, node in nodes.items()}
+    links = {name: Direct(nodes, node) for name, node in nodes.items()}
     dispatchers = {name: Dispatcher(node, links[name]) for name, node in nodes.items()}
     yield World(nodes=nodes, links=links, dispatchers=dispatchers, clock=clock, pki=pki)
     for node in nodes.values():
@@ -287,7 +260,7 @@ def test_every_recorded_timeline_replays(world: World) -> None:
         @initialize()
         def links_up(self) -> None:
             for link in world.links.values():
-                link.mode = "ok"
+                set_mode(link, "ok")
 
         @rule(
             sender=AGENCIES,
@@ -315,9 +288,9 @@ def test_every_recorded_timeline_replays(world: World) -> None:
         def relay(self, link: tuple[str, str], mode: str) -> None:
             """A node's dispatcher sends what is due to a neighbour (relay receive there)."""
             node, peer = link
-            world.links[node].mode = mode
+            set_mode(world.links[node], mode)
             world.dispatchers[node].run_peer(peer)
-            world.links[node].mode = "ok"
+            set_mode(world.links[node], "ok")
             self._count(f"relay_{mode}")
 
         @rule()
