@@ -52,10 +52,11 @@ from gateway.evidence import audit
 from gateway.evidence.hops import sign_hop, trusted_chain
 from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
 from gateway.evidence.receipts import verify_receipt
-from gateway.network.outbox import WAITING_STATES, compare_and_set, dead_letter, mark_sent
+from gateway.network.outbox import dead_letter, mark_sent
 from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem
 from gateway.node.container import Node
+from gateway.node.transitions import WAITING_STATES, compare_and_set
 from gateway.storage.tables import deliveries, documents, hops
 
 __all__ = ["Dispatcher", "Transport", "backoff"]
@@ -271,15 +272,24 @@ class Dispatcher:
                     break
                 claimed.append(_Claimed(seq=row.document_seq, rows=[row]))
             ids = [r.id for c in claimed for r in c.rows]
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(ids))
-                .values(
-                    leased_by=self.worker,
-                    lease_until=now + dt.timedelta(seconds=delivery.lease),
+            # the rows are locked (PostgreSQL) or the only writer's (SQLite) since the read;
+            # the lease is still a compare-and-set, like every change of a delivery row
+            leased = set(
+                compare_and_set(
+                    conn,
+                    ids,
+                    {
+                        "leased_by": self.worker,
+                        "lease_until": now + dt.timedelta(seconds=delivery.lease),
+                    },
+                    states=WAITING_STATES,
+                    unleased_at=now,
+                    change="claim",
                 )
             )
-        return claimed
+        for c in claimed:
+            c.rows = [r for r in c.rows if r.id in leased]
+        return [c for c in claimed if c.rows]
 
     def _prepare(self, peer: Peer, claimed: list[_Claimed]) -> None:
         """Read each package and its incoming hops; sign this node's hop record for it."""

@@ -19,14 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection
 
 from gateway.evidence.nodekey import parse_utc
-from gateway.network.outbox import AT_RECIPIENT, WAITING_STATES, compare_and_set
 from gateway.node.container import Node
 from gateway.node.status import Requeue, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
+from gateway.node.transitions import WAITING_STATES, compare_and_set
 from gateway.storage.tables import deliveries, events
 
 __all__ = ["mark_delivered", "mark_delivered_many", "mark_failed"]
@@ -48,12 +48,16 @@ def mark_failed(
     Usage: ``mark_failed(conn, node, seq, [r], code=c, message=m, at_node="h49", actor=a)``
     """
     now = node.now()
+    # locked (PostgreSQL) in id order until the change below: the timeline is written from
+    # these states, so they must not move in between
     rows = conn.execute(
-        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state).where(
-            and_(deliveries.c.document_seq == seq, deliveries.c.recipient.in_(list(recipients)))
-        )
+        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.state)
+        .where(and_(deliveries.c.document_seq == seq, deliveries.c.recipient.in_(list(recipients))))
+        .order_by(deliveries.c.id)
+        .with_for_update()
     ).all()
-    failing = [r for r in rows if r.state not in (*AT_RECIPIENT, TransportState.FAILED.value)]
+    # delivered is final for transport, and a failure already recorded is not recorded twice
+    failing = [r for r in rows if r.state in WAITING_STATES]
     if not failing:
         return
     with TimelineWriter(conn, node.name) as timelines:
@@ -72,19 +76,19 @@ def mark_failed(
             )
             is not None
         ]
-    if not failing:
-        return
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id.in_([r.id for r in failing]))
-        .values(
-            state=TransportState.FAILED.value,
-            next_attempt_at=None,
-            leased_by=None,
-            lease_until=None,
-            last_error=f"{code} at {at_node}",
-            updated_at=now,
-        )
+    compare_and_set(
+        conn,
+        [r.id for r in failing],
+        {
+            "state": TransportState.FAILED.value,
+            "next_attempt_at": None,
+            "leased_by": None,
+            "lease_until": None,
+            "last_error": f"{code} at {at_node}"[:2000],
+            "updated_at": now,
+        },
+        states=WAITING_STATES,
+        change="failed_notice",
     )
 
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.agency import AgencyCode
 from gateway.errors import (
@@ -50,16 +49,19 @@ from gateway.node.status import (
     apply,
 )
 from gateway.node.timeline import TimelineWriter, deliver_entry
+from gateway.node.transitions import (
+    WAITING_STATES,
+    compare_and_set,
+    lock_in_order,
+    log_stale,
+)
 from gateway.storage.tables import deliveries, documents
 from gateway.trust.binding import describe
 
 __all__ = [
-    "AT_RECIPIENT",
     "UNROUTABLE",
-    "WAITING_STATES",
     "add_deliveries",
     "add_deliveries_many",
-    "compare_and_set",
     "dead_letter",
     "mark_sent",
     "notify_delivered",
@@ -70,86 +72,6 @@ log = structlog.get_logger("gateway.outbox")
 
 #: ``deliveries.next_hop`` of a recipient no node serves (the row is failed at once)
 UNROUTABLE = "unroutable"
-#: states of a row that still has to be handed on (by this node, or by the next one)
-WAITING_STATES = (TransportState.ACCEPTED.value, TransportState.IN_TRANSIT.value)
-#: states of a row whose package is at the recipient's node
-AT_RECIPIENT = (
-    TransportState.DELIVERED.value,
-    TransportState.FETCHED.value,
-    TransportState.ACKNOWLEDGED.value,
-)
-
-
-# --- transitions -----------------------------------------------------------------------------
-
-
-def compare_and_set(
-    conn: Connection,
-    ids: Sequence[int],
-    values: dict[str, Any],
-    *,
-    states: Sequence[str],
-    worker: str | None = None,
-    unleased_at: dt.datetime | None = None,
-    change: str,
-) -> list[int]:
-    """Apply ``values`` to the delivery rows ``ids`` that are still in one of ``states`` (and,
-    with ``worker``, still leased by it; with ``unleased_at``, not leased or whose lease ran out
-    by then); the ids it changed.
-
-    Usage: ``changed = compare_and_set(conn, ids, {...}, states=WAITING_STATES, worker=w,
-    change="reschedule")``
-
-    Every transition of a delivery row goes through here: the condition is in the UPDATE
-    itself, so a delivered notice committed by another transaction between the caller's read
-    and this write (PostgreSQL re-checks the WHERE of a row it waited for) is never undone.
-    A row found in another state is left alone and logged (``delivery.stale_update``); the
-    caller acts (timeline, notice) only on the ids returned.
-    """
-    if not ids:
-        return []
-    where: list[ColumnElement[bool]] = [
-        deliveries.c.id.in_(list(ids)),
-        deliveries.c.state.in_(list(states)),
-    ]
-    if worker is not None:
-        where.append(deliveries.c.leased_by == worker)
-    if unleased_at is not None:
-        where.append(
-            or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < unleased_at)
-        )
-    changed = list(
-        conn.execute(
-            update(deliveries).where(and_(*where)).values(**values).returning(deliveries.c.id)
-        ).scalars()
-    )
-    _log_stale(conn, set(ids) - set(changed), change=change, states=states, worker=worker)
-    return changed
-
-
-def _log_stale(
-    conn: Connection, ids: set[int], *, change: str, states: Sequence[str], worker: str | None
-) -> None:
-    """Log the rows a compare-and-set left alone, with the state it found them in."""
-    if not ids:
-        return
-    for row in conn.execute(
-        select(deliveries.c.id, deliveries.c.state, deliveries.c.leased_by).where(
-            deliveries.c.id.in_(sorted(ids))
-        )
-    ):
-        # normal on slow links (a delivered notice overtook the batch's answer): info
-        log.info(
-            "delivery.stale_update",
-            id=row.id,
-            change=change,
-            expected=list(states),
-            found=row.state,
-            leased_by=row.leased_by,
-            worker=worker,
-        )
-
-
 # --- rows ------------------------------------------------------------------------------------
 
 
@@ -506,7 +428,7 @@ def dead_letter(
         timelines.load(r.document_seq for r in rows)
         # the rules first (nothing written): a timeline that cannot fail leaves its row alone
         allowed = [r for r in rows if _accepts(timelines.timeline(r.document_seq, r.recipient))]
-        _log_stale(
+        log_stale(
             conn,
             {r.id for r in rows} - {r.id for r in allowed},
             change="dead_letter",
@@ -616,10 +538,11 @@ def mark_sent(
     Only rows still waiting and still leased by ``worker`` move: a "delivered" notice may have
     come back first, and a worker whose lease ran out must not undo another's work.
     """
+    lock_in_order(conn, ids)
     moved = conn.execute(
         _MARK_IN_TRANSIT, {"ids": list(ids), "worker": worker, "now": node.now()}
     ).all()
-    _log_stale(
+    log_stale(
         conn,
         set(ids) - {r.id for r in moved},
         change="in_transit",
@@ -654,8 +577,11 @@ def rearm_failed(
     Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again".
     """
     now = node.now()
+    # locked until the transitions below, in id order, so no delivered notice changes a row
+    # between the timeline written from its state and the row's own change
     rows = conn.execute(
-        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.next_hop).where(
+        select(deliveries.c.id, deliveries.c.recipient, deliveries.c.next_hop)
+        .where(
             and_(
                 deliveries.c.document_seq == seq,
                 deliveries.c.recipient.in_(list(recipients)),
@@ -663,6 +589,8 @@ def rearm_failed(
                 deliveries.c.next_hop.not_in([LOCAL, UNROUTABLE]),
             )
         )
+        .order_by(deliveries.c.id)
+        .with_for_update()
     ).all()
     if not rows:
         return set()
@@ -684,18 +612,22 @@ def rearm_failed(
         ]
     if not rows:
         return set()
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id.in_([r.id for r in rows]))
-        .values(
-            state=TransportState.ACCEPTED.value,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-            last_error=None,
-            leased_by=None,
-            lease_until=None,
+    changed = set(
+        compare_and_set(
+            conn,
+            [r.id for r in rows],
+            {
+                "state": TransportState.ACCEPTED.value,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "next_attempt_at": now,
+                "last_error": None,
+                "leased_by": None,
+                "lease_until": None,
+            },
+            states=[TransportState.FAILED.value],
+            change="rearm",
         )
     )
-    return {r.next_hop for r in rows}
+    return {r.next_hop for r in rows if r.id in changed}

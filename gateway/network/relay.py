@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection
 
 from gateway.envelope.model import StatusCode, StatusPackage
@@ -41,6 +41,7 @@ from gateway.node.container import LOCAL, Node
 from gateway.node.dedup import package_key
 from gateway.node.status import Requeue, StatusReport, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
+from gateway.node.transitions import WAITING_STATES, compare_and_set
 from gateway.storage.tables import deliveries, documents, hops
 from gateway.trust.caller import Identity
 
@@ -147,11 +148,6 @@ _INSERT_HOPS = hops.insert()
 _RECIPIENTS_OF = select(deliveries.c.recipient).where(deliveries.c.document_seq == bindparam("seq"))
 _HERE = select(deliveries.c.id, deliveries.c.recipient).where(
     and_(deliveries.c.document_seq == bindparam("seq"), deliveries.c.next_hop == LOCAL)
-)
-_NOTICE_HANDLED = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("row"))
-    .values(state=TransportState.ACKNOWLEDGED.value, updated_at=bindparam("now"))
 )
 
 
@@ -320,7 +316,13 @@ class _Batch:
                     strict=False,
                 )
                 if done is not None:
-                    self.conn.execute(_NOTICE_HANDLED, {"row": row.id, "now": now})
+                    compare_and_set(
+                        self.conn,
+                        [row.id],
+                        {"state": TransportState.ACKNOWLEDGED.value, "updated_at": now},
+                        states=[TransportState.DELIVERED.value],
+                        change="notice_handled",
+                    )
 
     def _apply_delivered(self, notice: dict[str, Any]) -> None:
         """The packages a delivered notice lists, as this node knows them: delivered."""
@@ -489,6 +491,15 @@ def _delivered_by_status(
     timelines: TimelineWriter, about: int, recipient: str, now: dt.datetime, actor: str
 ) -> None:
     """The recipient's status proves its node has the document: ``delivered`` here too."""
+    conn = timelines.conn
+    # locked (PostgreSQL) until its change below: the timeline is written from its state
+    row = conn.execute(
+        select(deliveries.c.id)
+        .where(and_(deliveries.c.document_seq == about, deliveries.c.recipient == recipient))
+        .with_for_update()
+    ).first()
+    if row is None:
+        return
     t = timelines.timeline(about, recipient)
     if t.transport is TransportState.FAILED:
         timelines.record(about, recipient, Requeue(), at=now, actor=actor, strict=False)
@@ -507,29 +518,19 @@ def _delivered_by_status(
         is None
     ):
         return
-    # compare-and-set, and out of the dispatcher's hands (no lease, no next attempt): a
-    # batch still out with this row then finds it delivered and leaves it alone
-    timelines.conn.execute(
-        update(deliveries)
-        .where(
-            and_(
-                deliveries.c.document_seq == about,
-                deliveries.c.recipient == recipient,
-                # failed too: the requeue just recorded (the package went on downstream)
-                deliveries.c.state.in_(
-                    [
-                        TransportState.ACCEPTED.value,
-                        TransportState.IN_TRANSIT.value,
-                        TransportState.FAILED.value,
-                    ]
-                ),
-            )
-        )
-        .values(
-            state=TransportState.DELIVERED.value,
-            next_attempt_at=None,
-            leased_by=None,
-            lease_until=None,
-            updated_at=now,
-        )
+    # out of the dispatcher's hands (no lease, no next attempt): a batch still out with this
+    # row then finds it delivered and leaves it alone
+    compare_and_set(
+        conn,
+        [row.id],
+        {
+            "state": TransportState.DELIVERED.value,
+            "next_attempt_at": None,
+            "leased_by": None,
+            "lease_until": None,
+            "updated_at": now,
+        },
+        # failed too: the requeue just recorded (the package went on downstream)
+        states=[*WAITING_STATES, TransportState.FAILED.value],
+        change="delivered_by_status",
     )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from gateway.agency import AgencyCode
 from gateway.errors import DeliveryNotFailed, DeliveryNotFound
@@ -24,6 +24,7 @@ from gateway.evidence import audit
 from gateway.node.container import LOCAL, Node
 from gateway.node.status import Requeue, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
+from gateway.node.transitions import compare_and_set
 from gateway.storage.tables import deliveries, documents
 
 __all__ = ["list_deliveries", "requeue"]
@@ -99,7 +100,12 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                 deliveries.c.document_seq,
                 deliveries.c.recipient,
                 deliveries.c.state,
-            ).where(deliveries.c.id.in_(list(ids)))
+            )
+            .where(deliveries.c.id.in_(list(ids)))
+            # locked (PostgreSQL) in id order until the transitions below: the timelines are
+            # written from these states
+            .order_by(deliveries.c.id)
+            .with_for_update()
         ).all()
         found = {r.id for r in rows}
         missing = [i for i in ids if i not in found]
@@ -142,7 +148,13 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                 woken.add(hop)
             assert t is not None  # strict: a refusal raised
             values["state"] = t.transport.value
-            conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
+            if not compare_and_set(
+                conn, [row.id], values, states=[TransportState.FAILED.value], change="requeue"
+            ):  # pragma: no cover - the row is locked since it was read as failed
+                raise DeliveryNotFailed(
+                    f"delivery {row.id} changed while it was requeued: nothing requeued",
+                    detail={"id": row.id, "state": "changed"},
+                )
         timelines.flush()
         audit.append(
             conn, event="requeue", actor=actor, subject=None, data={"deliveries": sorted(found)}
