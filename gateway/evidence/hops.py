@@ -75,6 +75,9 @@ _NOTICE_FIELDS: Final = frozenset(
 )
 #: what a notice reports
 NOTICE_EVENTS: Final = ("delivered", "failed")
+#: the fields of each item of a delivered notice (plus ``kind: "notice"`` for a notice that
+#: reached its sender's node; a package otherwise)
+_ITEM_FIELDS: Final = frozenset({"document_id", "sha256", "recipients", "path"})
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -275,7 +278,9 @@ def sign_notice(
     (``event="failed"``, with the stable ``code`` and ``message``), or delivered packages of
     ``sender`` to recipients it hosts (``event="delivered"``: one notice per relay batch, each
     package in ``items`` as ``{document_id, sha256, recipients, path}``, ``path`` the hops it
-    took, ``[from, to, at]`` each)."""
+    took, ``[from, to, at]`` each; a failure notice that reached its sender's node is an item
+    with ``kind: "notice"``, and such a delivered notice travels back to the node that gave
+    up)."""
     if event not in NOTICE_EVENTS:
         raise ValueError(f"a notice reports one of {NOTICE_EVENTS}, not {event!r}")
     return seal(
@@ -318,12 +323,16 @@ def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
     items = fields["items"]
     if not isinstance(items, list) or not all(
         isinstance(item, dict)
-        and set(item) == {"document_id", "sha256", "recipients", "path"}
+        and set(item) - {"kind"} == _ITEM_FIELDS
+        and item.get("kind", "package") in ("package", "notice")
         and isinstance(item["recipients"], list)
         and isinstance(item["path"], list)
         for item in items
     ):
-        raise HopChainBroken("a notice's items are {document_id, sha256, recipients, path}")
+        raise HopChainBroken(
+            "a notice's items are {document_id, sha256, recipients, path}, and kind "
+            "'notice' for a notice that arrived"
+        )
     try:
         at = parse_utc(fields["at"])
     except ValueError:

@@ -45,7 +45,10 @@ from typing import Any, Protocol
 
 import structlog
 import tenacity
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 
 from gateway.errors import GatewayError, PeerUnavailable, ReceiptInvalid
 from gateway.evidence import audit
@@ -57,7 +60,7 @@ from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem
 from gateway.node.container import Node
 from gateway.node.transitions import WAITING_STATES, compare_and_set
-from gateway.storage.tables import deliveries, documents, hops
+from gateway.storage.tables import breakers, deliveries, documents, hops
 
 __all__ = ["Dispatcher", "Transport", "backoff"]
 
@@ -101,6 +104,8 @@ class _Claimed:
     position: int = 0
     sha256: str = ""
     gid: str = ""
+    #: a delivered notice: settled by the peer's receipt (:func:`outbox.mark_sent`)
+    settles: bool = False
 
 
 @dataclass
@@ -124,6 +129,29 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self.node.on_wake(self.wake)
+
+    def load_breakers(self) -> list[str]:
+        """At start: the peers this node held down when its previous process stopped (or that
+        another process of the node holds down) are down here too, probed at once. Their
+        ``peer_down`` stays open in the audit log until a probe succeeds (``peer_up``).
+
+        Usage: ``dispatcher.load_breakers()`` (the scheduler calls it); the peers found down.
+        """
+        with self.node.reader.connect() as conn:
+            down = list(
+                conn.execute(
+                    select(breakers.c.peer, breakers.c.failures).where(
+                        breakers.c.opened_at.is_not(None)
+                    )
+                )
+            )
+        for peer, failures in down:
+            self._breakers[peer] = _Breaker(
+                failures=max(failures, 1), open=True, next_probe=self.monotonic()
+            )
+        if down:
+            log.info("outbox.breakers_loaded", down=sorted(p for p, _ in down))
+        return sorted(p for p, _ in down)
 
     def release_leases(self) -> int:
         """At start on SQLite (one process per database): rows this node's previous process
@@ -335,6 +363,10 @@ class Dispatcher:
                 prev=chain[-1].digest if chain else None,
             )
             c.record, c.position, c.sha256, c.gid = record, len(chain) + 1, doc.sha256, doc.id
+            c.settles = (
+                doc.kind == "notice"
+                and json.loads(bytes(doc.envelope))["notice"]["event"] == "delivered"
+            )
             c.item = RelayItem(
                 kind=doc.kind,
                 body=bytes(doc.envelope),
@@ -410,7 +442,8 @@ class Dispatcher:
                     attempted=not probe,
                     worker=self.worker,
                 )
-            if tripped:
+            if tripped and _open_breaker(conn, peer.name, now, breaker.failures):
+                # once per outage for the node: another process may have opened it already
                 audit.append(
                     conn,
                     event="peer_down",
@@ -508,7 +541,17 @@ class Dispatcher:
                 )
             if hop_rows:
                 conn.execute(_INSERT_HOPS, hop_rows)
-                mark_sent(conn, node, moving, worker=self.worker, peer=peer.name, at=sent_at)
+                mark_sent(
+                    conn,
+                    node,
+                    moving,
+                    worker=self.worker,
+                    peer=peer.name,
+                    at=sent_at,
+                    settled=frozenset(
+                        c.seq for c, result, problem in checked if c.settles and result.ok
+                    ),
+                )
                 audit.append_many(conn, entries)
             if bad_receipts:
                 compare_and_set(
@@ -537,14 +580,16 @@ class Dispatcher:
                     )
                     .values(next_attempt_at=now)
                 )
-                if breaker.open:
-                    audit.append(
-                        conn,
-                        event="peer_up",
-                        actor=actor,
-                        subject=peer.name,
-                        data={"after_failures": breaker.failures},
-                    )
+            if accepted and _close_breaker(conn, peer.name, now):
+                # whoever closes the node's breaker writes its peer_up: one per peer_down,
+                # across restarts and processes
+                audit.append(
+                    conn,
+                    event="peer_up",
+                    actor=actor,
+                    subject=peer.name,
+                    data={"after_failures": breaker.failures},
+                )
         if accepted:
             if recovered:
                 log.info("outbox.peer_recovered", peer=peer.name, failures=breaker.failures)
@@ -594,3 +639,40 @@ class Dispatcher:
             )
         node.wake(woken)
         return len(rows)
+
+
+def _open_breaker(conn: Connection, peer: str, now: dt.datetime, failures: int) -> bool:
+    """Mark ``peer`` down for the node; True if this call opened it (it was closed)."""
+    opened = conn.execute(
+        update(breakers)
+        .where(and_(breakers.c.peer == peer, breakers.c.opened_at.is_(None)))
+        .values(opened_at=now, failures=failures, updated_at=now)
+    ).rowcount
+    if opened:
+        return True
+    if conn.execute(select(breakers.c.peer).where(breakers.c.peer == peer)).first() is not None:
+        return False  # already open
+    inserted = conn.execute(
+        _insert_new(conn, breakers).values(
+            peer=peer, opened_at=now, failures=failures, updated_at=now
+        )
+    ).rowcount
+    return bool(inserted)
+
+
+def _close_breaker(conn: Connection, peer: str, now: dt.datetime) -> bool:
+    """Mark ``peer`` up for the node; True if this call closed it (it was open)."""
+    return bool(
+        conn.execute(
+            update(breakers)
+            .where(and_(breakers.c.peer == peer, breakers.c.opened_at.is_not(None)))
+            .values(opened_at=None, updated_at=now)
+        ).rowcount
+    )
+
+
+def _insert_new(conn: Connection, table: Table) -> Any:
+    """An INSERT that does nothing when the key is taken (two processes tripping at once)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()

@@ -94,6 +94,8 @@ class Stored:
     recipients: Sequence[str]
     #: the nodes it came through, oldest first (a next hop among them would be a loop)
     came_through: Sequence[str] = ()
+    #: delivered here whatever the directory says (a confirmation back at the node it is for)
+    here: bool = False
 
 
 @dataclass(slots=True)
@@ -115,7 +117,7 @@ def _route(
     for recipient in package.recipients:
         failure: GatewayError | None = None
         try:
-            hop = node.next_hop(AgencyCode.parse(recipient))
+            hop = LOCAL if package.here else node.next_hop(AgencyCode.parse(recipient))
         except RecipientUnreachable as exc:
             hop, failure = UNROUTABLE, exc
         if hop != UNROUTABLE and would_loop(came_through, hop):
@@ -189,6 +191,7 @@ def add_deliveries(
     in_transit: bool,
     came_through: Sequence[str] = (),
     audit_local: bool = True,
+    here: bool = False,
 ) -> set[str]:
     """Route ``recipients`` of a stored package and insert their delivery rows and events.
 
@@ -197,13 +200,14 @@ def add_deliveries(
     package already passed through (``came_through``: a loop), gets a ``failed`` row and the
     sender a failure notice. Returns the peers to wake. A delivery to a hosted agency's inbox
     is audited (``deliver``) unless ``audit_local`` is False (a package the node handles itself).
+    ``here``: every recipient is delivered here (a confirmation back at the node it is for).
 
     Usage: ``woken = add_deliveries(conn, node, seq, sender, recipients, actor, in_transit=True)``
     """
     return add_deliveries_many(
         conn,
         node,
-        [Stored(seq, sender, recipients, came_through)],
+        [Stored(seq, sender, recipients, came_through, here)],
         actor,
         in_transit=in_transit,
         audit_local=audit_local,
@@ -347,10 +351,20 @@ def notify_delivered(
     node: Node,
     sender: str,
     arrivals: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]]]],
+    *,
+    notices: bool = False,
 ) -> set[str]:
     """Tell ``sender``'s node, in one notice, that its packages reached recipients here.
 
     ``arrivals``: (package seq, the recipients hosted here, the path of hops it took).
+
+    With ``notices``, the arrivals are failure notices that reached the agency they were for,
+    and ``sender`` is an agency they failed for: the delivered notice goes the way the failed
+    package went (the reverse of the notices' path), and the node that gave up, which is on
+    that way, keeps it (:func:`gateway.network.relay.receive_batch`). Each node it passes
+    marks the notices delivered. A delivered notice is not itself confirmed end to end (that
+    would never end): every node on its way applies it, so the next node's signed receipt
+    settles it (:func:`mark_sent`).
     """
     seqs = [seq for seq, _, _ in arrivals]
     docs = {
@@ -367,6 +381,7 @@ def notify_delivered(
             "sha256": docs[seq].sha256,
             "recipients": list(recipients),
             "path": [list(step) for step in path],
+            **({"kind": "notice"} if notices else {}),
         }
         for seq, recipients, path in arrivals
     ]
@@ -393,7 +408,7 @@ def notify_delivered(
         document_id=None,
         about=None,
         subject="delivered",
-        facts={"event": "delivered", "packages": len(items)},
+        facts={"event": "delivered", "packages": len(items), "notices": notices},
     )
 
 
@@ -529,9 +544,16 @@ def mark_sent(
     worker: str,
     peer: str,
     at: dict[int, dt.datetime],
+    settled: frozenset[int] = frozenset(),
 ) -> None:
     """Peer ``peer`` gave its receipt for delivery rows ``ids``: ``in_transit`` there, from the
     time of this node's hop record (``at``, per package seq). Returns nothing to wake.
+
+    ``settled``: package seqs of delivered notices. Every node on a delivered notice's way is
+    one of its addressees (each applies it to its own rows), so the receipt of the next one,
+    which applied it in the transaction that signed the receipt, settles it here:
+    ``delivered`` at the peer, not left ``in_transit`` waiting for a confirmation of the
+    confirmation.
 
     Usage: ``mark_sent(conn, node, [17], worker=dispatcher.worker, peer="central", at=sent)``
 
@@ -553,9 +575,10 @@ def mark_sent(
         return
     # not strict: the peer has the package whatever this node's copy of the timeline says,
     # and a refusal must not undo the receipts just stored
+    done: list[int] = []
     with TimelineWriter(conn, node.name) as timelines:
         timelines.load(r.document_seq for r in moved)
-        for _, seq, recipient in sorted(moved):
+        for row_id, seq, recipient in sorted(moved):
             timelines.record(
                 seq,
                 recipient,
@@ -564,6 +587,26 @@ def mark_sent(
                 actor=f"node:{node.name}",
                 strict=False,
             )
+            if seq in settled and (
+                timelines.record(
+                    seq,
+                    recipient,
+                    TransportEvent(state=TransportState.DELIVERED, node=peer),
+                    at=at[seq],
+                    actor=f"node:{node.name}",
+                    description="a delivered notice: applied by the next node, which carries it on",
+                    strict=False,
+                )
+                is not None
+            ):
+                done.append(row_id)
+    compare_and_set(
+        conn,
+        done,
+        {"state": TransportState.DELIVERED.value, "updated_at": node.now()},
+        states=[TransportState.IN_TRANSIT.value],
+        change="notice_settled",
+    )
 
 
 def rearm_failed(

@@ -38,7 +38,7 @@ from gateway.network import notices, outbox
 from gateway.network.relay_check import Checked, check_item
 from gateway.network.wire import RelayItem
 from gateway.node.container import LOCAL, Node
-from gateway.node.dedup import package_key
+from gateway.node.dedup import notice_key, package_key
 from gateway.node.status import Requeue, StatusReport, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
 from gateway.node.transitions import WAITING_STATES, compare_and_set
@@ -129,6 +129,9 @@ def receive_batch(node: Node, caller: Identity, items: Sequence[RelayItem]) -> l
         # one "delivered" notice per sender for the whole batch, not one per package
         for sender, delivered in batch.arrivals.items():
             batch.woken |= outbox.notify_delivered(conn, node, sender, delivered)
+        # and one per way back for the failure notices that reached their agency here
+        for toward, delivered in batch.notices_arrived.items():
+            batch.woken |= outbox.notify_delivered(conn, node, toward, delivered, notices=True)
     for index, result in refused:
         log.info("relay.refused", peer=caller.node, item=index, code=result["code"])
     node.wake(batch.woken)
@@ -174,6 +177,8 @@ class _Batch:
     ) -> None:
         self.conn, self.node, self.actor = conn, node, actor
         self.arrivals: _Arrivals = {}
+        #: failure notices delivered here, by an agency they failed for (their way back)
+        self.notices_arrived: _Arrivals = {}
         self.woken: set[str] = set()
         self._pending: list[_Pending] = []
         self._keys: set[str] = set()
@@ -279,7 +284,17 @@ class _Batch:
             in_transit=True,
             came_through=[hop["from"] for hop in c.hops],
             audit_local=not handled_here,
+            # a confirmation of failure notices this node gave: it ends here
+            here=handled_here and self._confirms_own_notices(c.notice),
         )
+        # a status or a failure notice at its agency's node: confirmed back, like a document
+        here = [r for r in c.recipients if r in node.hosted]
+        path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
+        if here and isinstance(c.package, StatusPackage):
+            self.arrivals.setdefault(c.sender, []).append((seq, here, path))
+        elif here and c.notice is not None and c.notice["event"] == "failed":
+            toward = c.notice["recipients"][0]  # the failed package went this way
+            self.notices_arrived.setdefault(toward, []).append((seq, here, path))
         if handled_here:
             assert c.notice is not None
             self._apply_delivered(c.notice)
@@ -324,11 +339,29 @@ class _Batch:
                         change="notice_handled",
                     )
 
+    def _confirms_own_notices(self, notice: dict[str, Any] | None) -> bool:
+        """``notice`` confirms failure notices, all of them given by this node."""
+        if notice is None or not notice["items"]:
+            return False
+        if any(item.get("kind") != "notice" for item in notice["items"]):
+            return False
+        keys = sorted({notice_key(item["sha256"]) for item in notice["items"]})
+        own = self.conn.execute(
+            select(documents.c.received_from).where(documents.c.dedup_key.in_(keys))
+        ).scalars()
+        given = [sender == f"node:{self.node.name}" for sender in own]
+        return len(given) == len(keys) and all(given)
+
     def _apply_delivered(self, notice: dict[str, Any]) -> None:
         """The packages a delivered notice lists, as this node knows them: delivered."""
         sender = notice["sender"]
         keyed = [
-            (package_key(sender, item["document_id"], item["sha256"]), item)
+            (
+                notice_key(item["sha256"])
+                if item.get("kind") == "notice"
+                else package_key(sender, item["document_id"], item["sha256"]),
+                item,
+            )
             for item in notice["items"]
         ]
         keys = sorted({key for key, _ in keyed})

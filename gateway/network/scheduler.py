@@ -74,6 +74,7 @@ def start(
     )
     if dispatcher is not None:
         dispatcher.release_leases()
+        dispatcher.load_breakers()
         delivery = node.settings.delivery
         for peer in peers:
             scheduler.add_job(

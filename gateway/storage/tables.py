@@ -9,6 +9,7 @@
         ├───< hops                    the signed hop records (in: how it came; out: where this
         │                             node sent it) and the next node's signed receipts
     peers                             the directory: parent and children, as configured
+    breakers                          the peers held down by the circuit breaker, since when
     audit_log                         hash-chained, append-only: every event of the node
     audit_checkpoints                 the chain head, signed by the node key at intervals
 
@@ -47,6 +48,7 @@ __all__ = [
     "UTCDateTime",
     "audit_checkpoints",
     "audit_log",
+    "breakers",
     "deliveries",
     "documents",
     "events",
@@ -190,6 +192,19 @@ peers = Table(
     Column("url", Text, nullable=False),
     #: JSON list of the agency codes a child's subtree serves
     Column("serves", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: a peer's circuit breaker as the node's dispatchers share it (and find it after a restart):
+#: open while ``opened_at`` is set; opened and closed by compare-and-set, so ``peer_down`` and
+#: ``peer_up`` are audited once per outage whatever the number of processes
+breakers = Table(
+    "breakers",
+    metadata,
+    Column("peer", String(128), primary_key=True),
+    Column("opened_at", UTCDateTime(), nullable=True),
+    #: consecutive failures when it opened
+    Column("failures", Integer, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

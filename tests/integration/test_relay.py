@@ -298,6 +298,53 @@ def test_an_unreachable_peer_is_retried_with_backoff_then_tripped_and_drained_in
     assert "peer_down" in logged and "peer_up" in logged
 
 
+def _breaker_events(node: Node) -> list[str]:
+    return [e for e, subject, _ in _audit(node) if e in ("peer_down", "peer_up")]
+
+
+def test_a_breaker_open_at_a_stop_is_open_after_the_restart_and_its_audit_balances(
+    pair: Pair,
+) -> None:
+    """A node stopped while its parent was down still holds it down when it starts again
+    (probing at once, not hammering), and the audit log reads one outage: one ``peer_down``,
+    one ``peer_up``, whatever the restarts and the processes that saw it."""
+    pair.transport.down = True
+    pair.push(H49, [G12])
+    for _ in range(3):  # threshold 3
+        pair.dispatcher.run_peer("central")
+        pair.clock.advance(200)
+    assert pair.dispatcher.breaker("central")["state"] == "open"
+    assert _breaker_events(pair.province) == ["peer_down"]
+
+    # the process is killed; its successor finds the peer down
+    restarted = Dispatcher(pair.province, pair.transport, worker="restarted", monotonic=pair.ticks)
+    assert restarted.breaker("central")["state"] == "closed"
+    assert restarted.load_breakers() == ["central"]
+    assert restarted.breaker("central")["state"] == "open"
+    calls = len(pair.transport.calls)
+    restarted.run_peer("central")  # the probe at once: still down
+    assert len(pair.transport.calls) == calls + 1
+    restarted.run_peer("central")  # then only every probe interval
+    assert len(pair.transport.calls) == calls + 1
+    # another process of the node trips on its own: the outage is already in the log
+    other = Dispatcher(pair.province, pair.transport, worker="other", monotonic=pair.ticks)
+    pair.push(H49, [G12])  # fresh attempts (the first document is near its budget)
+    for _ in range(3):
+        pair.clock.advance(200)
+        other.run_peer("central")
+    assert other.breaker("central")["state"] == "open"
+    assert _breaker_events(pair.province) == ["peer_down"]
+
+    pair.transport.down = False
+    pair.ticks.advance(1)
+    assert restarted.run_peer("central") >= 1
+    pair.push(H49, [G12])
+    pair.ticks.advance(1)
+    assert other.run_peer("central") >= 1
+    assert _breaker_events(pair.province) == ["peer_down", "peer_up"]
+    assert Dispatcher(pair.province, pair.transport).load_breakers() == []
+
+
 def test_after_the_retry_budget_the_delivery_is_dead_lettered_and_the_sender_told(
     pair: Pair,
 ) -> None:

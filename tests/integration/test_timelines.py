@@ -389,6 +389,24 @@ def test_every_recorded_timeline_replays(world: World) -> None:
         def teardown(self) -> None:
             for node in world.nodes.values():
                 check_timelines(node)
+            # the network goes quiet: every link up, every backoff over, everything due sent;
+            # then nothing is left on its way anywhere (documents, statuses and notices all
+            # confirmed back, or failed with their sender told)
+            for link in world.links.values():
+                set_mode(link, "ok")
+            world.clock.now += dt.timedelta(seconds=200)
+            _settle(world)
+            # a notice dead-lettered on the way (its link tampered with) leaves the rows it was
+            # about in transit upstream: the operator requeues it, as docs/network.md says
+            for name, node in world.nodes.items():
+                failed = _failed_notices(node)
+                if failed:
+                    requeue(node, failed, actor="admin:property")
+                    self._count("notice_requeued")
+            _settle(world)
+            for node in world.nodes.values():
+                assert _on_the_way(node) == [], node.name
+                check_timelines(node)
             for name, count in self.counts.items():
                 TOTALS[name] = TOTALS.get(name, 0) + count
 
@@ -421,3 +439,141 @@ def _document_id(data: bytes) -> str:
     found = root.find(".//{*}MessageHeader/{*}DocumentId")
     assert found is not None and found.text
     return str(found.text)
+
+
+def _settle(world: World, rounds: int = 4) -> None:
+    for _ in range(rounds):
+        for node, peer in LINKS:
+            world.dispatchers[node].run_peer(peer)
+
+
+def _rows_of(node: Node, seq: int) -> list[Any]:
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(
+                    deliveries.c.recipient,
+                    deliveries.c.state,
+                    deliveries.c.next_attempt_at,
+                    deliveries.c.leased_by,
+                ).where(deliveries.c.document_seq == seq)
+            )
+        )
+
+
+def _seq(node: Node, **where: Any) -> int:
+    with node.reader.connect() as conn:
+        query = select(documents.c.seq)
+        for column, value in where.items():
+            query = query.where(documents.c[column] == value)
+        found = list(conn.execute(query).scalars())
+    assert len(found) == 1, (node.name, where, found)
+    return int(found[0])
+
+
+def _failed_notices(node: Node) -> list[int]:
+    """Delivery rows of notices this node gave up on (an operator's to requeue)."""
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(deliveries.c.id)
+                .join(documents, documents.c.seq == deliveries.c.document_seq)
+                .where(
+                    (documents.c.kind == "notice")
+                    & (deliveries.c.state == "failed")
+                    & (deliveries.c.next_hop != "unroutable")
+                )
+            ).scalars()
+        )
+
+
+def _on_the_way(node: Node) -> list[Any]:
+    """Rows this node still has to see through: waiting, in transit, or leased."""
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(
+                    deliveries.c.id,
+                    documents.c.kind,
+                    documents.c.subject,
+                    deliveries.c.recipient,
+                    deliveries.c.state,
+                )
+                .join(documents, documents.c.seq == deliveries.c.document_seq)
+                .where(
+                    deliveries.c.state.in_(["accepted", "in_transit"])
+                    | deliveries.c.next_attempt_at.is_not(None)
+                    | deliveries.c.leased_by.is_not(None)
+                )
+            )
+        )
+
+
+def _transport_codes(node: Node, seq: int, recipient: str) -> list[str]:
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(events.c.code)
+                .where(
+                    (events.c.document_seq == seq)
+                    & (events.c.recipient == recipient)
+                    & (events.c.kind == "transport")
+                )
+                .order_by(events.c.id)
+            ).scalars()
+        )
+
+
+def test_statuses_and_notices_are_confirmed_back_end_to_end(world: World) -> None:
+    """Nothing a node sent stays "in transit" once the network is quiet: a status package
+    shows ``delivered`` on its reporter's node and at the relay, a failure notice shows
+    ``delivered`` back at the node that gave up, and a delivered notice is settled at each
+    node by the next one's receipt (its last node handles it)."""
+    halong, province, central = (world.nodes[n] for n in ("h49-halong", "h49", "central"))
+    # Hạ Long sends to G12 (delivered at central) and to G99 (no node serves it: central
+    # gives up, and its failure notice comes back through the province)
+    data = signed(document(HALONG, [G12, G99]), world.pki.key(HALONG))
+    ingest_document(halong, data, caller=_agency(world, HALONG))
+    document_id = _document_id(data)
+    _settle(world)
+    # G12 (at central) reports "received" to Hạ Long: the status crosses the province
+    report = signed(
+        status(G12, sender=HALONG, document_id=document_id, code="01"), world.pki.key(G12)
+    )
+    ingest_status(central, report, caller=_agency(world, G12))
+    _settle(world)
+
+    for node in world.nodes.values():
+        assert _on_the_way(node) == [], node.name
+        check_timelines(node)
+
+    # the status: delivered at Hạ Long's node, confirmed on the reporter's node and the relay
+    status_seq = _seq(central, kind="status", sender=G12)
+    assert [(r.recipient, r.state) for r in _rows_of(central, status_seq)] == [
+        (HALONG, "delivered")
+    ]
+    assert _transport_codes(central, status_seq, HALONG)[-2:] == ["in_transit", "delivered"]
+    relayed = _seq(province, kind="status", sender=G12)
+    assert [r.state for r in _rows_of(province, relayed)] == ["delivered"]
+
+    # the failure notice: in Hạ Long's inbox, and confirmed back at central, which gave it
+    notice_here = _seq(
+        halong, kind="notice", subject="delivery failed: REQUEST_RECIPIENT_UNREACHABLE"
+    )
+    assert [r.state for r in _rows_of(halong, notice_here)] == ["delivered"]
+    items = list_inbox(halong, _agency(world, HALONG), limit=50).items
+    assert [i["kind"] for i in items].count("notice") == 1
+    given = _seq(central, kind="notice", subject="delivery failed: REQUEST_RECIPIENT_UNREACHABLE")
+    assert [r.state for r in _rows_of(central, given)] == ["delivered"]
+    assert _transport_codes(central, given, HALONG)[-1] == "delivered"
+    # every delivered notice ended handled (acknowledged) where it was for, nowhere waiting
+    for node in world.nodes.values():
+        with node.reader.connect() as conn:
+            states = set(
+                conn.execute(
+                    select(deliveries.c.state)
+                    .join(documents, documents.c.seq == deliveries.c.document_seq)
+                    .where(documents.c.subject == "delivered")
+                ).scalars()
+            )
+        assert states <= {"delivered", "acknowledged"}, (node.name, states)
