@@ -398,7 +398,7 @@ def test_every_recorded_timeline_replays(world: World) -> None:
             _settle(world)
             # a notice dead-lettered on the way (its link tampered with) leaves the rows it was
             # about in transit upstream: the operator requeues it, as docs/network.md says
-            for name, node in world.nodes.items():
+            for node in world.nodes.values():
                 failed = _failed_notices(node)
                 if failed:
                     requeue(node, failed, actor="admin:property")
