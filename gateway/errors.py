@@ -34,7 +34,8 @@ pair and checks this drawing against the classes.
     │   ├── XMLTooManyElements          XML_TOO_MANY_ELEMENTS       (elements, comments, PIs)
     │   ├── XMLTooManyAttributes        XML_TOO_MANY_ATTRIBUTES
     │   ├── XMLTooManyNamespaces        XML_TOO_MANY_NAMESPACES
-    │   └── XMLTextTooLarge             XML_TEXT_TOO_LARGE
+    │   ├── XMLTextTooLarge             XML_TEXT_TOO_LARGE
+    │   └── UndeclaredPrefix            XML_PREFIX_UNDECLARED       (hub packages, policy require)
     ├── SchemaError                     SCHEMA_INVALID
     ├── EnvelopeError                   ENVELOPE_INVALID            (valid, but inconsistent)
     │   ├── UnknownPackageKind          ENVELOPE_UNKNOWN_KIND
@@ -72,7 +73,11 @@ pair and checks this drawing against the classes.
     │   ├── ClientCertUntrusted         AUTH_CERT_UNTRUSTED
     │   ├── UnknownAgency               AUTH_UNKNOWN_AGENCY
     │   ├── SenderMismatch              AUTH_SENDER_MISMATCH
-    │   └── Forbidden                   AUTH_FORBIDDEN
+    │   ├── Forbidden                   AUTH_FORBIDDEN
+    │   ├── SystemUnknown               AUTH_SYSTEM_UNKNOWN         (hub protocol: no such systemid)
+    │   ├── SystemDisabled              AUTH_SYSTEM_DISABLED
+    │   ├── HubSignatureInvalid         AUTH_HMAC_INVALID           (hub protocol: sign headers)
+    │   └── SystemAgencyForbidden       AUTH_SYSTEM_AGENCY_FORBIDDEN (not this system's agency)
     ├── RequestError                    REQUEST_ERROR               (the HTTP request itself)
     │   ├── PathNotFound                REQUEST_PATH_NOT_FOUND      (no route at this path)
     │   ├── MethodNotAllowed            REQUEST_METHOD_NOT_ALLOWED
@@ -87,6 +92,7 @@ pair and checks this drawing against the classes.
     │   ├── HeadersTooLarge             REQUEST_HEADERS_TOO_LARGE
     │   ├── RequestTimeout              REQUEST_TIMEOUT
     │   ├── BudgetExceeded              REQUEST_BUDGET_EXCEEDED     (CPU time per upload)
+    │   ├── HashFileMismatch            REQUEST_HASH_FILE_MISMATCH  (hub sendEdoc: body vs hash-file)
     │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
     ├── RelayError                      RELAY_ERROR                 (node-to-node relay)
     │   ├── RelayMalformed              RELAY_MALFORMED
@@ -157,9 +163,11 @@ __all__ = [
     "Forbidden",
     "ForgedHeader",
     "GatewayError",
+    "HashFileMismatch",
     "HeadersTooLarge",
     "HopChainBroken",
     "HopSignatureInvalid",
+    "HubSignatureInvalid",
     "InternalError",
     "InvalidValue",
     "JSONTooDeep",
@@ -197,9 +205,13 @@ __all__ = [
     "StatusTargetUnknown",
     "StatusTransitionInvalid",
     "StorageError",
+    "SystemAgencyForbidden",
+    "SystemDisabled",
+    "SystemUnknown",
     "TooManyAttachments",
     "TooManyRecipients",
     "TrustError",
+    "UndeclaredPrefix",
     "UnknownAgency",
     "UnknownPackageKind",
     "UnsupportedAlgorithm",
@@ -348,6 +360,13 @@ class XMLTextTooLarge(XMLError):
     code = "XML_TEXT_TOO_LARGE"
     http_status = 413
     meaning = "package refused: text node too large"
+
+
+class UndeclaredPrefix(XMLError):
+    """The package uses a namespace prefix it never declares (e.g. ``xlink:``): not XML."""
+
+    code = "XML_PREFIX_UNDECLARED"
+    meaning = "package refused: undeclared namespace prefix (accepted only under attest)"
 
 
 # --- schema and envelope ---------------------------------------------------------------------
@@ -606,6 +625,33 @@ class Forbidden(AuthError):
     code = "AUTH_FORBIDDEN"
 
 
+class SystemUnknown(AuthError):
+    """No connected system has this systemid."""
+
+    code = "AUTH_SYSTEM_UNKNOWN"
+    http_status = 401
+
+
+class SystemDisabled(AuthError):
+    """This connected system is disabled."""
+
+    code = "AUTH_SYSTEM_DISABLED"
+    http_status = 401
+
+
+class HubSignatureInvalid(AuthError):
+    """The request's sign headers are missing, or their HMAC does not match the secret."""
+
+    code = "AUTH_HMAC_INVALID"
+    http_status = 401
+
+
+class SystemAgencyForbidden(AuthError):
+    """The agency is not one this connected system may send as or read for."""
+
+    code = "AUTH_SYSTEM_AGENCY_FORBIDDEN"
+
+
 class RequestError(GatewayError):
     """The request cannot be accepted."""
 
@@ -708,6 +754,14 @@ class BudgetExceeded(RequestError):
     code = "REQUEST_BUDGET_EXCEEDED"
     http_status = 422
     meaning = "package refused: exceeds the processing budget of one upload"
+
+
+class HashFileMismatch(RequestError):
+    """The sendEdoc body does not match its ``hash-file`` parameter."""
+
+    code = "REQUEST_HASH_FILE_MISMATCH"
+    http_status = 400
+    meaning = "package refused: body and hash-file differ"
 
 
 class WrongPackageKind(RequestError):
