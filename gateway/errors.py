@@ -92,7 +92,7 @@ pair and checks this drawing against the classes.
     │   ├── HeadersTooLarge             REQUEST_HEADERS_TOO_LARGE
     │   ├── RequestTimeout              REQUEST_TIMEOUT
     │   ├── BudgetExceeded              REQUEST_BUDGET_EXCEEDED     (CPU time per upload)
-    │   ├── HashFileMismatch            REQUEST_HASH_FILE_MISMATCH  (hub sendEdoc: body vs hash-file)
+    │   ├── HashFileMismatch            REQUEST_HASH_FILE_MISMATCH  (hub: body vs hash-file)
     │   └── WrongPackageKind            REQUEST_WRONG_PACKAGE_KIND
     ├── RelayError                      RELAY_ERROR                 (node-to-node relay)
     │   ├── RelayMalformed              RELAY_MALFORMED
