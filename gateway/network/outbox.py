@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection
 
 from gateway.agency import AgencyCode
@@ -52,7 +52,7 @@ from gateway.node.timeline import TimelineWriter, deliver_entry
 from gateway.node.transitions import (
     WAITING_STATES,
     compare_and_set,
-    lock_in_order,
+    compare_and_set_rows,
     log_stale,
 )
 from gateway.storage.tables import deliveries, documents
@@ -505,28 +505,6 @@ def dead_letter(
     return woken
 
 
-_MARK_IN_TRANSIT = (
-    update(deliveries)
-    .where(
-        and_(
-            deliveries.c.id.in_(bindparam("ids", expanding=True)),
-            deliveries.c.leased_by == bindparam("worker"),
-            deliveries.c.state.in_(WAITING_STATES),
-        )
-    )
-    .values(
-        state=TransportState.IN_TRANSIT.value,
-        next_attempt_at=None,
-        leased_by=None,
-        lease_until=None,
-        last_error=None,
-        attempts=deliveries.c.attempts + 1,
-        updated_at=bindparam("now"),
-    )
-    .returning(deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient)
-)
-
-
 def _accepts(timeline: Timeline) -> bool:
     """The rules let ``timeline`` fail now (it is still on its way)."""
     try:
@@ -560,16 +538,21 @@ def mark_sent(
     Only rows still waiting and still leased by ``worker`` move: a "delivered" notice may have
     come back first, and a worker whose lease ran out must not undo another's work.
     """
-    lock_in_order(conn, ids)
-    moved = conn.execute(
-        _MARK_IN_TRANSIT, {"ids": list(ids), "worker": worker, "now": node.now()}
-    ).all()
-    log_stale(
+    moved = compare_and_set_rows(
         conn,
-        set(ids) - {r.id for r in moved},
-        change="in_transit",
+        ids,
+        {
+            "state": TransportState.IN_TRANSIT.value,
+            "next_attempt_at": None,
+            "leased_by": None,
+            "lease_until": None,
+            "last_error": None,
+            "attempts": deliveries.c.attempts + 1,
+            "updated_at": node.now(),
+        },
         states=WAITING_STATES,
         worker=worker,
+        change="in_transit",
     )
     if not moved:
         return

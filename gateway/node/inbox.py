@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select
 
 from gateway.errors import DocumentNotFound, Forbidden, UnknownAgency
 from gateway.evidence import audit
@@ -26,6 +26,7 @@ from gateway.node.container import LOCAL, Node
 from gateway.node.ingest import actor_of
 from gateway.node.status import TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
+from gateway.node.transitions import compare_and_set
 from gateway.storage.tables import deliveries, documents, events, hops
 from gateway.trust.caller import Identity
 
@@ -164,12 +165,20 @@ def _advance(
 ) -> None:
     """The recipient's DMS moved its delivery on: the rules check it, then row and event."""
     now = node.now()
+    # locked (PostgreSQL) until its change: the timeline is written from its state
+    row = conn.execute(
+        select(deliveries.c.id)
+        .where(and_(deliveries.c.document_seq == seq, deliveries.c.recipient == recipient))
+        .with_for_update()
+    ).one()
     with TimelineWriter(conn, node.name) as timelines:
         timelines.record(seq, recipient, TransportEvent(state=state), at=now, actor=actor)
-    conn.execute(
-        update(deliveries)
-        .where(and_(deliveries.c.document_seq == seq, deliveries.c.recipient == recipient))
-        .values(state=state.value, updated_at=now)
+    compare_and_set(
+        conn,
+        [row.id],
+        {"state": state.value, "updated_at": now},
+        states=_WAITING,
+        change=state.value,
     )
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "AT_RECIPIENT",
     "WAITING_STATES",
     "compare_and_set",
+    "compare_and_set_rows",
     "lock_in_order",
     "log_stale",
 ]
@@ -74,6 +75,35 @@ def compare_and_set(
     A row found in another state is left alone and logged (``delivery.stale_update``); the
     caller acts (timeline, notice) only on the ids returned.
     """
+    return [
+        row.id
+        for row in compare_and_set_rows(
+            conn,
+            ids,
+            values,
+            states=states,
+            worker=worker,
+            unleased_at=unleased_at,
+            change=change,
+        )
+    ]
+
+
+def compare_and_set_rows(
+    conn: Connection,
+    ids: Sequence[int],
+    values: dict[str, Any],
+    *,
+    states: Sequence[str],
+    worker: str | None = None,
+    unleased_at: dt.datetime | None = None,
+    change: str,
+) -> list[Any]:
+    """:func:`compare_and_set`, returning the changed rows' ``id``, ``document_seq`` and
+    ``recipient`` (for the caller's timeline events), in one statement.
+
+    Usage: ``moved = compare_and_set_rows(conn, ids, {...}, states=..., change="in_transit")``
+    """
     if not ids:
         return []
     lock_in_order(conn, ids)
@@ -87,13 +117,16 @@ def compare_and_set(
         where.append(
             or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < unleased_at)
         )
-    changed = list(
-        conn.execute(
-            update(deliveries).where(and_(*where)).values(**values).returning(deliveries.c.id)
-        ).scalars()
+    changed = conn.execute(
+        update(deliveries)
+        .where(and_(*where))
+        .values(**values)
+        .returning(deliveries.c.id, deliveries.c.document_seq, deliveries.c.recipient)
+    ).all()
+    log_stale(
+        conn, set(ids) - {row.id for row in changed}, change=change, states=states, worker=worker
     )
-    log_stale(conn, set(ids) - set(changed), change=change, states=states, worker=worker)
-    return changed
+    return list(changed)
 
 
 #: the rows a transition is about to change, locked in id order (PostgreSQL; SQLite has one

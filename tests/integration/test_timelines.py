@@ -405,7 +405,7 @@ def test_every_recorded_timeline_replays(world: World) -> None:
                     self._count("notice_requeued")
             _settle(world)
             for node in world.nodes.values():
-                assert _on_the_way(node) == [], node.name
+                assert _on_the_way(node) == [], _explain(world, node)
                 check_timelines(node)
             for name, count in self.counts.items():
                 TOTALS[name] = TOTALS.get(name, 0) + count
@@ -469,6 +469,38 @@ def _seq(node: Node, **where: Any) -> int:
         found = list(conn.execute(query).scalars())
     assert len(found) == 1, (node.name, where, found)
     return int(found[0])
+
+
+def _explain(world: World, node: Node) -> str:
+    """What every node knows of the packages ``node`` still has on their way (for a failure)."""
+    lines = []
+    for row in _on_the_way(node):
+        with node.reader.connect() as conn:
+            doc = conn.execute(
+                select(documents.c.seq, documents.c.sha256)
+                .join(deliveries, deliveries.c.document_seq == documents.c.seq)
+                .where(deliveries.c.id == row.id)
+            ).one()
+        lines.append(f"{node.name}: {tuple(row)}")
+        for name, other in world.nodes.items():
+            with other.reader.connect() as conn:
+                for seq in conn.execute(
+                    select(documents.c.seq).where(documents.c.sha256 == doc.sha256)
+                ).scalars():
+                    for r in _rows_of(other, seq):
+                        codes = [
+                            (e.code, e.node, e.actor)
+                            for e in conn.execute(
+                                select(events.c.code, events.c.node, events.c.actor)
+                                .where(
+                                    (events.c.document_seq == seq)
+                                    & (events.c.recipient == r.recipient)
+                                )
+                                .order_by(events.c.id)
+                            )
+                        ]
+                        lines.append(f"  {name} seq {seq} {r.recipient} {r.state}: {codes}")
+    return "\n".join(lines)
 
 
 def _failed_notices(node: Node) -> list[int]:
