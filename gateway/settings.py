@@ -41,6 +41,7 @@ __all__ = [
     "DatabaseSettings",
     "DeliverySettings",
     "DirectorySettings",
+    "HubSettings",
     "LimitsSettings",
     "LoggingSettings",
     "NodeSettings",
@@ -59,6 +60,8 @@ ENV_PREFIX = "GATEWAY_"
 MAX_RELAY_ITEMS = 1000
 #: most worker processes of one node (``[server] workers``)
 MAX_WORKERS = 64
+#: longest ``[hub] rotate_grace``: a rotated-out secret stays valid at most a year
+MAX_ROTATE_GRACE = 365 * 24 * 3600
 _NODE_NAME = re.compile(r"[a-z0-9-]+")
 
 
@@ -82,16 +85,21 @@ class _Range:
         if low_ok and number <= self.most:
             return
         if self.above:
-            bound = f"greater than {self.least:g}"
+            bound = f"greater than {_shown(self.least)}"
         elif self.most == math.inf:
-            bound = f"at least {self.least:g}"
+            bound = f"at least {_shown(self.least)}"
         else:
-            bound = f"{self.least:g}-{self.most:g}"
+            bound = f"{_shown(self.least)}-{_shown(self.most)}"
         why = f": {self.why}" if self.why else ""
         raise ConfigError(
             f"{where} must be {bound}, not {number!r}{why}",
             detail={"key": key},
         )
+
+
+def _shown(bound: float) -> str:
+    """A bound as an operator writes it: ``31536000``, not ``3.1536e+07``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 _POSITIVE = _Range(0, above=True)
@@ -136,6 +144,9 @@ RANGES: dict[str, _Range] = {
     "delivery.breaker_threshold": _ONE_OR_MORE,
     "delivery.breaker_probe_interval": _POSITIVE,
     "delivery.housekeeping_interval": _ONE_OR_MORE,
+    # 0: a rotated-out secret stops working at once
+    "hub.rotate_grace": _Range(0, MAX_ROTATE_GRACE, why="a rotated-out secret dies within a year"),
+    "hub.request_deadline": _POSITIVE,
 }
 
 
@@ -357,6 +368,29 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class HubSettings:
+    """``[hub]``: the national-hub-compatible API that DMS on the national Java SDK call
+    (docs/hub.md; its connected systems: ``gateway systems``)."""
+
+    #: serve the hub-compatible API
+    enabled: bool = False
+    #: the path prefix it is served under (the SDK's ENDPOINT path), starting with "/"
+    prefix: str = "/vdxp"
+    #: the AES-256 key (32 random bytes) that encrypts the connected systems' secrets in the
+    #: database; kept outside it. Relative: in the settings file's folder (:meth:`key_path`)
+    secrets_key_file: Path = Path("hub-secrets.key")
+    #: seconds a rotated-out secret stays valid beside the new one
+    rotate_grace: int = 7 * 24 * 3600
+    #: seconds after which every hub request is answered FAIL (the SDK itself never times out)
+    request_deadline: float = 30.0
+
+    def key_path(self, base_dir: Path) -> Path:
+        """``secrets_key_file``, a relative one taken in ``base_dir`` (``Settings.base_dir``)."""
+        path = self.secrets_key_file
+        return path if path.is_absolute() else base_dir / path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """All settings of one gateway process."""
 
@@ -371,6 +405,7 @@ class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
     #: the settings file's folder: relative paths (and a relative SQLite file) live there
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -386,6 +421,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "delivery": DeliverySettings,
     "logging": LoggingSettings,
+    "hub": HubSettings,
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -423,7 +459,7 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where} must be a non-empty string", detail={"key": name})
         return value.strip()
-    if annotation == "Path | None":
+    if annotation in {"Path", "Path | None"}:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where} must be a path", detail={"key": name})
         path = Path(value.strip())
@@ -589,9 +625,28 @@ def _validate(settings: Settings) -> None:
             f"[logging] level must be one of {', '.join(_LOG_LEVELS)}",
             detail={"key": "logging.level"},
         )
+    _validate_hub(settings)
     url = settings.database.url
     if not url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
         raise ConfigError(
             "[database] url must be sqlite:///... or postgresql+psycopg://...",
             detail={"key": "database.url"},
+        )
+
+
+#: a path prefix: "/" then segments of URL path characters (no query, fragment, space or "%")
+_HUB_PREFIX = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+
+
+def _validate_hub(settings: Settings) -> None:
+    hub = settings.hub
+    if not _HUB_PREFIX.fullmatch(hub.prefix):
+        raise ConfigError(
+            f'[hub] prefix must be a URL path starting with "/" (e.g. "/vdxp"), not {hub.prefix!r}',
+            detail={"key": "hub.prefix"},
+        )
+    if hub.prefix.rstrip("/") in ("", "/api"):
+        raise ConfigError(
+            f'[hub] prefix {hub.prefix!r} would hide the node\'s own API: use e.g. "/vdxp"',
+            detail={"key": "hub.prefix"},
         )

@@ -7,6 +7,8 @@ assembled from one router per audience.
 :mod:`gateway.api.relay`                 a neighbour node: relay batches
 :mod:`gateway.api.admin`                 the node's operators: deliveries, requeue
 :mod:`gateway.api.operations`            load balancers: ``/healthz``, ``/readyz``
+:mod:`adapters.hub`                      DMS on the national SDK (``[hub] enabled``): the
+                                         hub protocol under ``[hub] prefix``
 =======================================  =================================================
 
 They share :mod:`gateway.api.edge` (the caller dependencies and the app's :class:`Edge`),
@@ -43,6 +45,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from adapters.hub.app import HubApp, HubPrefix
 from gateway import __version__
 from gateway.api import admin, agency, operations, relay
 from gateway.api.edge import Edge
@@ -73,6 +76,17 @@ def create_app(node: Node) -> FastAPI:
         app.include_router(router)
     _refuse_body_parameters(app)
     app.add_middleware(LastResort)
+    if node.settings.hub.enabled:
+        # outermost: a request under the hub prefix is the hub's, trio and all (adapters.hub)
+        edge: Edge = app.state.edge
+        app.add_middleware(
+            HubPrefix,
+            hub=HubApp(
+                node,
+                upload=lambda caller, read, work: edge.lanes.upload(caller, read=read, work=work),
+                upload_limit=edge.upload_limit,
+            ),
+        )
     return app
 
 

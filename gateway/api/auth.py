@@ -212,7 +212,7 @@ class ClientAuthenticator:
             peer=peer,
             source=source,
             caller=str(identity),
-            serial=serial_hex(identity.certificate.serial_number),
+            serial=serial_hex(chain[0].serial_number),
         )
         return identity
 

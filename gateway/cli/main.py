@@ -364,8 +364,9 @@ def _register_groups() -> None:
     from gateway.cli.db import db
     from gateway.cli.deliveries import deliveries
     from gateway.cli.pki import pki
+    from gateway.cli.systems import systems
 
-    for group in (pki, db, audit, deliveries):
+    for group in (pki, db, audit, deliveries, systems):
         main.add_command(group)
 
 

@@ -39,6 +39,7 @@ from gateway.errors import (
     EntityExpansionForbidden,
     ExternalEntityForbidden,
     MalformedXML,
+    UndeclaredPrefix,
     UsageError,
     XMLTextTooLarge,
     XMLTooDeep,
@@ -51,8 +52,10 @@ from gateway.errors import (
 __all__ = [
     "DEFAULT_LIMITS",
     "INTERNAL_PARSER",
+    "KNOWN_PREFIXES",
     "XMLLimits",
     "parse_bytes",
+    "parse_declaring",
     "read_limited",
 ]
 
@@ -257,7 +260,9 @@ _EVENTS: Final = ("start", "end", "start-ns", "comment", "pi")
 _EXEMPT_TEXT = f"{{{EDXML_NS}}}ContentTransferEncoded"
 
 
-def _parse_within_budgets(data: bytes, limits: XMLLimits) -> etree._Element:
+def _parse_within_budgets(
+    data: bytes, limits: XMLLimits, *, declare: bool = True
+) -> etree._Element:
     """Parse ``data`` while counting its nodes; raise at the first budget exceeded."""
     if len(data) > limits.max_text_bytes:
         _refuse_crowded_tag(data, limits)
@@ -281,6 +286,17 @@ def _parse_within_budgets(data: bytes, limits: XMLLimits) -> etree._Element:
         # The events before the error are still there: a budget they exceed is the first
         # problem in document order (libxml2's own depth ceiling of 256 comes after ours).
         budget.count(parser.read_events())
+        code = getattr(exc, "code", None)
+        if code == etree.ErrorTypes.NS_ERR_UNDEFINED_NAMESPACE and declare:
+            # is that its only defect? parse a copy that declares the prefixes to find out
+            _, prefixes = parse_declaring(data, limits)
+            line, column = exc.position if exc.position else (exc.lineno or 0, 0)
+            raise UndeclaredPrefix(
+                f"the package uses namespace prefixes it never declares ({', '.join(prefixes)})"
+                f", first at line {line}, column {column}: the national SDK's own example does;"
+                " XML does not allow it",
+                detail={"prefixes": prefixes, "line": line, "column": column},
+            ) from None
         raise _malformed(exc) from None
     budget.count(parser.read_events())
     budget.finish()
@@ -290,6 +306,79 @@ def _parse_within_budgets(data: bytes, limits: XMLLimits) -> etree._Element:
 #: longest libxml2 reason quoted: it names the offending tag or target, which can be 50 000
 #: characters long (no message grows with the input)
 _MAX_REASON = 160
+
+
+# --- undeclared prefixes ---------------------------------------------------------------------
+#
+# The national SDK's example package (and DMS built from it) writes ``xlink:href`` without
+# declaring ``xlink``; the national parser accepts it, XML does not. Such a package is refused
+# with its own code (UndeclaredPrefix), and :func:`parse_declaring` reads it the one safe way:
+# a COPY of the bytes gets the missing declarations on its root element, and that copy goes
+# through the same parse and budgets as any package (never libxml2's recover mode, which would
+# guess at other defects too). The stored bytes are never touched.
+
+_UNDECLARED = re.compile(r"Namespace prefix ([A-Za-z_][\w.-]{0,63}) (?:for|on) ")
+#: the namespaces the field's undeclared prefixes mean; any other gets a placeholder URN
+KNOWN_PREFIXES: Final = {
+    "xlink": "http://www.w3.org/1999/xlink",
+    "edXML": EDXML_NS,
+}
+_MAX_PREFIXES = 8
+_ROOT_TAG = re.compile(rb"<([A-Za-z_][\w.:-]*)")
+
+
+def _past(data: bytes, at: int, end: bytes) -> int:
+    found = data.find(end, at)
+    if found < 0:
+        raise MalformedXML("the prolog never ends", detail={"line": 1, "column": 1})
+    return found + len(end)
+
+
+def parse_declaring(
+    data: bytes, limits: XMLLimits = DEFAULT_LIMITS
+) -> tuple[etree._Element, list[str]]:
+    """Parse ``data``, declaring on a copy's root the namespace prefixes it uses undeclared;
+    the tree and those prefixes (``[]``: none were missing). Every other defect is refused as
+    :func:`parse_bytes` refuses it.
+
+    Usage: ``root, prefixes = parse_declaring(data, limits)`` (the hub's ``attest`` policy).
+    """
+    prefixes: list[str] = []
+    copy = data
+    while True:
+        try:
+            return _parse_within_budgets(copy, limits, declare=False), prefixes
+        except MalformedXML as exc:
+            found = _UNDECLARED.match(str(exc.detail.get("reason", "")))
+            if found is None or len(prefixes) >= _MAX_PREFIXES:
+                raise
+            prefix = found.group(1)
+            if prefix in prefixes:
+                raise  # declared, still refused: not a missing declaration
+            prefixes.append(prefix)
+            copy = _declare(copy, prefix)
+
+
+def _declare(data: bytes, prefix: str) -> bytes:
+    """``data`` with ``xmlns:<prefix>`` declared on its root element (after the prolog: the
+    XML declaration, comments and processing instructions)."""
+    at = 0
+    while True:
+        at = data.find(b"<", at)
+        if at < 0:
+            raise MalformedXML("no root element", detail={"line": 1, "column": 1})
+        if data.startswith(b"<?", at):
+            at = _past(data, at, b"?>")
+        elif data.startswith(b"<!--", at):
+            at = _past(data, at, b"-->")
+        else:
+            break
+    found = _ROOT_TAG.match(data, at)
+    if found is None:
+        raise MalformedXML("no root element", detail={"line": 1, "column": 1})
+    uri = KNOWN_PREFIXES.get(prefix, f"urn:gateway:undeclared:{prefix}")
+    declaration = f' xmlns:{prefix}="{uri}"'.encode("ascii")
+    return data[: found.end()] + declaration + data[found.end() :]
 
 
 def _malformed(exc: etree.XMLSyntaxError) -> MalformedXML:

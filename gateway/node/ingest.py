@@ -73,10 +73,9 @@ class Accepted:
 
 
 def actor_of(caller: Identity) -> str:
-    """``agency:<code>`` or ``node:<name>``: how the audit log and the timeline name a caller."""
-    if caller.kind == "agency":
-        return f"agency:{caller.agency}"
-    return f"node:{caller.node}"
+    """``agency:<code>`` (``agency:<code> via hub:<systemid>`` for a connected system of the
+    hub protocol) or ``node:<name>``: how the audit log and the timeline name a caller."""
+    return str(caller)
 
 
 def _refuse(node: Node, caller: Identity, error: GatewayError, data: bytes) -> GatewayError:

@@ -10,6 +10,8 @@
         │                             node sent it) and the next node's signed receipts
     peers                             the directory: parent and children, as configured
     breakers                          the peers held down by the circuit breaker, since when
+    systems                           the connected DMS of the hub API: systemid, agencies,
+                                      signature policy, secrets (encrypted; gateway.node.systems)
     audit_log                         hash-chained, append-only: every event of the node
     audit_checkpoints                 the chain head, signed by the node key at intervals
 
@@ -28,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -55,6 +58,7 @@ __all__ = [
     "hops",
     "metadata",
     "peers",
+    "systems",
 ]
 
 metadata = MetaData(
@@ -205,6 +209,28 @@ breakers = Table(
     Column("opened_at", UTCDateTime(), nullable=True),
     #: consecutive failures when it opened
     Column("failures", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: the connected systems of the hub-compatible API (:mod:`gateway.node.systems`): each DMS on the
+#: national SDK authenticates with its systemid and an HMAC under its shared secret
+systems = Table(
+    "systems",
+    metadata,
+    #: the DMS's ``XroadVnpt-systemid``: 1-128 of [A-Za-z0-9._-]
+    Column("systemid", String(128), primary_key=True),
+    #: JSON list of the agency codes (hosted by this node) it may send as and read for
+    Column("agencies", Text, nullable=False),
+    #: "require" or "attest": what its packages' signatures must be
+    Column("policy", String(16), nullable=False),
+    #: the current secret, AES-256-GCM under [hub] secrets_key_file: nonce (12) || ciphertext
+    #: || tag, the systemid as associated data; never in plain text
+    Column("secret", LargeBinary, nullable=False),
+    #: the secret before the last rotation, the same way, valid until ``previous_until``
+    Column("previous_secret", LargeBinary, nullable=True),
+    Column("previous_until", UTCDateTime(), nullable=True),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

@@ -22,7 +22,7 @@ from gateway.agency import AgencyCode
 __all__ = ["Identity", "IdentityKind", "IdentitySource"]
 
 IdentityKind = Literal["agency", "node"]
-IdentitySource = Literal["tls", "proxy"]
+IdentitySource = Literal["tls", "proxy", "hub"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,10 +38,18 @@ class Identity:
     agency: AgencyCode | None = None
     #: the node name the certificate binds (kind "node" only)
     node: str | None = None
-    #: the verified client certificate (leaf)
-    certificate: x509.Certificate
-    #: where the certificate came from: the TLS connection or a trusted proxy's header
+    #: the verified client certificate (leaf); None for a connected system of the hub
+    #: protocol, which authenticates with its systemid and secret instead
+    certificate: x509.Certificate | None
+    #: where the identity came from: the TLS connection, a trusted proxy's header, or the hub
+    #: protocol's signed headers (``system`` says which connected system)
     source: IdentitySource = "tls"
+    #: the connected system (hub protocol) acting for ``agency``
+    system: str | None = None
 
     def __str__(self) -> str:
-        return f"agency:{self.agency}" if self.kind == "agency" else f"node:{self.node}"
+        if self.kind == "node":
+            return f"node:{self.node}"
+        if self.system is not None:
+            return f"agency:{self.agency} via hub:{self.system}"
+        return f"agency:{self.agency}"

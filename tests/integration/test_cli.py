@@ -130,12 +130,15 @@ def test_bad_config_key_is_named(tmp_path: Path, signed_file: Path) -> None:
     assert "allow_weak_algoritms" in done.stderr
 
 
-@pytest.mark.parametrize("name", ["edoc.edxml", "edoc_new.edxml"])
-def test_validate_malformed_sample_names_line_and_column(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("edoc.edxml", "XML_PREFIX_UNDECLARED"), ("edoc_new.edxml", "XML_MALFORMED")],
+)
+def test_validate_malformed_sample_names_line_and_column(name: str, code: str) -> None:
     done = run("validate", INTEROP / name, "--json")
     assert done.returncode == 1
     error = json.loads(done.stdout)["errors"][0]
-    assert error["code"] == "XML_MALFORMED"
+    assert error["code"] == code
     assert error["detail"]["line"] >= 1 and error["detail"]["column"] >= 1
 
 

@@ -82,7 +82,11 @@ def _numeric_keys() -> list[tuple[str, str, str]]:
 
 
 #: the numbers that may be zero, each because zero means something (settings.py, RANGES)
-ZERO_ALLOWED = {"delivery.backoff_jitter", "limits.max_attachments"}
+ZERO_ALLOWED = {
+    "delivery.backoff_jitter",
+    "limits.max_attachments",
+    "hub.rotate_grace",  # 0: a rotated-out secret stops at once
+}
 
 
 def test_every_number_has_a_range_and_the_defaults_are_in_it() -> None:

@@ -7,10 +7,11 @@ from lxml import etree
 from support import ATTACKS, INTEROP
 
 from gateway.envelope.model import EDXML_NS
-from gateway.envelope.xmlsafe import XMLLimits, parse_bytes
+from gateway.envelope.xmlsafe import XMLLimits, parse_bytes, parse_declaring
 from gateway.errors import (
     DoctypeForbidden,
     MalformedXML,
+    UndeclaredPrefix,
     XMLError,
     XMLTextTooLarge,
     XMLTooDeep,
@@ -63,23 +64,44 @@ def test_doctype_text_inside_a_comment_after_root_is_harmless() -> None:
     assert root.tag == "edXML"
 
 
+def test_malformed_field_sample_names_line_and_column() -> None:
+    with pytest.raises(MalformedXML) as info:
+        parse_bytes((INTEROP / "edoc_new.edxml").read_bytes())
+    assert info.value.code == "XML_MALFORMED"
+    assert (info.value.detail["line"], info.value.detail["column"]) == (1, 1)
+    assert "Start tag expected" in info.value.detail["reason"]
+    assert "line 1, column 1" in info.value.message
+
+
+def test_the_sdk_example_is_refused_for_its_undeclared_prefixes_alone() -> None:
+    """The SDK's example writes xlink: and edXML: undeclared: its own code, naming them and
+    where the first one is; a copy that declares them parses, and nothing else is wrong."""
+    data = (INTEROP / "edoc.edxml").read_bytes()
+    with pytest.raises(UndeclaredPrefix) as info:
+        parse_bytes(data)
+    assert info.value.code == "XML_PREFIX_UNDECLARED"
+    assert info.value.detail == {"prefixes": ["xlink", "edXML"], "line": 116, "column": 39}
+    assert "line 116, column 39" in info.value.message
+    root, prefixes = parse_declaring(data)
+    assert prefixes == ["xlink", "edXML"]
+    assert root.tag == "{http://www.mic.gov.vn/TBT/QCVN_102_2016}edXML"
+    assert data == (INTEROP / "edoc.edxml").read_bytes()  # the bytes themselves untouched
+
+
 @pytest.mark.parametrize(
-    ("name", "line", "column", "reason"),
+    ("data", "code"),
     [
-        ("edoc_new.edxml", 1, 1, "Start tag expected"),
-        ("edoc.edxml", 116, 39, "Namespace prefix xlink"),
+        (b'<a x:y="1"/>', "XML_PREFIX_UNDECLARED"),
+        (b'<?xml version="1.0"?><!-- <c> --><r><x:b/></r>', "XML_PREFIX_UNDECLARED"),
+        # another defect beside the prefix: malformed, never "repaired"
+        (b'<a x:y="1"><b></a>', "XML_MALFORMED"),
+        (b'<a x:y="1" x:y="2"/>', "XML_MALFORMED"),
     ],
 )
-def test_malformed_field_samples_name_line_and_column(
-    name: str, line: int, column: int, reason: str
-) -> None:
-    with pytest.raises(MalformedXML) as info:
-        parse_bytes((INTEROP / name).read_bytes())
-    assert info.value.code == "XML_MALFORMED"
-    assert info.value.detail["line"] == line
-    assert info.value.detail["column"] == column
-    assert reason in info.value.detail["reason"]
-    assert f"line {line}, column {column}" in info.value.message
+def test_only_a_missing_declaration_is_told_apart(data: bytes, code: str) -> None:
+    with pytest.raises(MalformedXML if code == "XML_MALFORMED" else UndeclaredPrefix) as info:
+        parse_bytes(data)
+    assert info.value.code == code
 
 
 def test_size_cap_refuses_before_parsing() -> None:
