@@ -86,20 +86,23 @@ def serve_node(
     http: str = "httptools",
     server: Mapping[str, Any] | None = None,
     limits: Mapping[str, Any] | None = None,
+    hub: Mapping[str, Any] | None = None,
+    agencies: tuple[str, ...] = (H49,),
 ) -> Iterator[Served]:
-    """Serve a fresh node (SQLite, migrated) until the block ends."""
+    """Serve a fresh node (SQLite, migrated) until the block ends; ``hub``: its ``[hub]``
+    settings (the hub-compatible API)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_node_config(
         directory / "node.toml",
         name=NODE,
-        agencies=[H49],
+        agencies=list(agencies),
         node=pki.issue(NODE),
         ca=pki.ca,
         database_url=f"sqlite:///{directory / 'node.db'}",
         port=port,
         parent={"name": PARENT, "url": "https://127.0.0.1:1"},
-        extra={"server": dict(server or {}), "limits": dict(limits or {})},
+        extra={"server": dict(server or {}), "limits": dict(limits or {}), "hub": dict(hub or {})},
     )
     settings = load_settings(config, environ={})
     engine = db.make_engine(settings)
