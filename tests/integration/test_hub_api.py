@@ -23,6 +23,7 @@ from served import Served, serve_node
 from sqlalchemy import func, select
 from support import DevPKI
 
+from adapters.hub.client import HubClient, HubRefused
 from gateway.node.systems import add_system, disable_system
 from gateway.storage.tables import audit_log, documents
 
@@ -325,3 +326,25 @@ def _document_id(package: bytes) -> str:
     found = etree.fromstring(package).find(".//{*}MessageHeader/{*}DocumentId")
     assert found is not None and found.text
     return str(found.text)
+
+
+def test_the_nodes_own_hub_client_speaks_the_protocol(hub: Hub, pki: DevPKI) -> None:
+    """adapters.hub.client (what a node uses toward a real hub) against the hub API."""
+    ca = str(hub.served.pki.ca.root_cert)
+    with (
+        HubClient(hub.endpoint, "vxp.a", hub.secrets["vxp.a"], verify=ca) as sender,
+        HubClient(hub.endpoint + "/", "vxp.b", hub.secrets["vxp.b"], verify=ca) as receiver,
+    ):
+        package = _package(pki, A, [B])
+        doc_id = sender.send_edoc(A, package, to=[B])
+        assert sender.send_edoc(A, package) == doc_id  # a repeat: the first DocId
+        (item,) = receiver.received("edoc")
+        assert receiver.get_edoc(item["docId"]) == package
+        receiver.update_status(item["docId"], "done")
+        assert receiver.received("edoc") == []
+        assert [row["sendStatus"] for row in sender.sent(doc_id)] == ["acknowledged"]
+        assert {a["code"] for a in sender.agencies()} >= {A, B}
+        with pytest.raises(HubRefused) as refused:
+            sender.send_edoc(B, package)
+        assert refused.value.error_code == "AUTH_SYSTEM_AGENCY_FORBIDDEN"
+    assert hub.secrets["vxp.a"] not in repr(sender)
