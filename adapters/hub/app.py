@@ -42,7 +42,7 @@ from gateway.errors import (
 )
 from gateway.evidence import audit
 from gateway.node.container import Node
-from gateway.node.ingest import Accepted, ingest_document, ingest_status
+from gateway.node.ingest import Accepted, Attest, ingest_document, ingest_status
 from gateway.node.systems import Authenticated, authenticate
 from gateway.trust.caller import Identity
 
@@ -176,6 +176,8 @@ class HubApp:
         caller = as_agency(auth, sender)
         kind = (auth.param("messagetype") or "edoc").strip().lower()
         ingest = ingest_status if kind == "status" else ingest_document
+        # the system's policy: full verification, or an intake attestation (docs/hub.md)
+        attest = Attest(auth.system.systemid) if auth.system.policy == "attest" else None
         parse_to(auth.param("to"))  # informative: the edXML To list decides
         content_type = request.headers.get("content-type")
         node = self.node
@@ -187,7 +189,7 @@ class HubApp:
         def work(raw: bytes) -> Accepted:
             file = send_body(raw, content_type)
             check_hash_file(file, auth.param("hash-file"))
-            return ingest(node, file, caller=caller)
+            return ingest(node, file, caller=caller, attest=attest)
 
         accepted: Accepted = await self.upload(caller, read, work)
         log.info(

@@ -60,6 +60,11 @@ class InboxItem(BaseModel):
     sha256: str
     received_at: str
     state: str
+    attested_by: str | None = Field(
+        default=None,
+        description="set when the sender's signature was NOT verified: the node that attested "
+        "the package's intake (hub API, attest policy; GET .../evidence has the attestation)",
+    )
 
 
 class InboxBody(BaseModel):
@@ -94,6 +99,9 @@ class StatusBody(BaseModel):
     sender: str
     document_id: str | None
     received_at: str
+    attested_by: str | None = Field(
+        default=None, description="set when the sender's signature was NOT verified"
+    )
     recipients: list[RecipientStatus]
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "INTERNAL_PARSER",
     "KNOWN_PREFIXES",
     "XMLLimits",
+    "declare_missing",
     "parse_bytes",
     "parse_declaring",
     "read_limited",
@@ -341,13 +342,26 @@ def parse_declaring(
     the tree and those prefixes (``[]``: none were missing). Every other defect is refused as
     :func:`parse_bytes` refuses it.
 
-    Usage: ``root, prefixes = parse_declaring(data, limits)`` (the hub's ``attest`` policy).
+    Usage: ``root, prefixes = parse_declaring(data, limits)``
+    """
+    copy, prefixes = declare_missing(data, limits)
+    return _parse_within_budgets(copy, limits, declare=False), prefixes
+
+
+def declare_missing(data: bytes, limits: XMLLimits = DEFAULT_LIMITS) -> tuple[bytes, list[str]]:
+    """A copy of ``data`` that declares the namespace prefixes it uses undeclared, and those
+    prefixes; the copy parses (else the defect that remains is raised). ``data`` itself is
+    returned when nothing was missing.
+
+    Usage: ``copy, prefixes = declare_missing(data, limits)`` (the hub's ``attest`` policy
+    verifies the copy and stores ``data``).
     """
     prefixes: list[str] = []
     copy = data
     while True:
         try:
-            return _parse_within_budgets(copy, limits, declare=False), prefixes
+            _parse_within_budgets(copy, limits, declare=False)
+            return copy, prefixes
         except MalformedXML as exc:
             found = _UNDECLARED.match(str(exc.detail.get("reason", "")))
             if found is None or len(prefixes) >= _MAX_PREFIXES:

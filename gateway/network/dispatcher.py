@@ -335,6 +335,7 @@ class Dispatcher:
                         documents.c.document_id,
                         documents.c.sha256,
                         documents.c.envelope,
+                        documents.c.attestation,
                     ).where(documents.c.seq.in_(seqs))
                 )
             }
@@ -372,6 +373,7 @@ class Dispatcher:
                 body=bytes(doc.envelope),
                 hops=[*(json.loads(h.record) for h in chain), record],
                 receipts=[json.loads(h.receipt) for h in chain],
+                attestation=None if doc.attestation is None else json.loads(doc.attestation),
             )
 
     def _release(self, claimed: list[_Claimed]) -> None:

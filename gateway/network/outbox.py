@@ -96,6 +96,8 @@ class Stored:
     came_through: Sequence[str] = ()
     #: delivered here whatever the directory says (a confirmation back at the node it is for)
     here: bool = False
+    #: the arrival event's description (an attested package says so)
+    note: str | None = None
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ def _route(
                 at=now,
                 actor=actor,
                 failure=None if failure is None else f"{failure.code}: {failure.message}",
+                note=package.note,
             )
         )
 
@@ -192,6 +195,7 @@ def add_deliveries(
     came_through: Sequence[str] = (),
     audit_local: bool = True,
     here: bool = False,
+    note: str | None = None,
 ) -> set[str]:
     """Route ``recipients`` of a stored package and insert their delivery rows and events.
 
@@ -207,7 +211,7 @@ def add_deliveries(
     return add_deliveries_many(
         conn,
         node,
-        [Stored(seq, sender, recipients, came_through, here)],
+        [Stored(seq, sender, recipients, came_through, here, note)],
         actor,
         in_transit=in_transit,
         audit_local=audit_local,

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from gateway.envelope.model import StatusCode, StatusPackage
 from gateway.errors import DocumentConflict, Forbidden, GatewayError, PeerUnknown
 from gateway.evidence import audit
+from gateway.evidence.attestations import summary as attestation_summary
 from gateway.evidence.nodekey import canonical_json, parse_utc
 from gateway.evidence.receipts import make_receipt
 from gateway.network import notices, outbox
@@ -221,7 +222,13 @@ class _Batch:
             c = p.checked
             last_digest = _hop_rows(hop_rows, seq, c, p.receipt)
             packages.append(
-                outbox.Stored(seq, c.sender, c.recipients, [hop["from"] for hop in c.hops])
+                outbox.Stored(
+                    seq,
+                    c.sender,
+                    c.recipients,
+                    [hop["from"] for hop in c.hops],
+                    note=_attested_note(c),
+                )
             )
             here = [r for r in c.recipients if r in node.hosted]
             if here:
@@ -286,6 +293,7 @@ class _Batch:
             audit_local=not handled_here,
             # a confirmation of failure notices this node gave: it ends here
             here=handled_here and self._confirms_own_notices(c.notice),
+            note=_attested_note(c),
         )
         # a status or a failure notice at its agency's node: confirmed back, like a document
         here = [r for r in c.recipients if r in node.hosted]
@@ -375,6 +383,13 @@ class _Batch:
         )
 
 
+def _attested_note(c: Checked) -> str | None:
+    """The words every timeline shows for a package whose sender signature was not verified."""
+    if c.attestation is None:
+        return None
+    return attestation_summary(c.attestation["attestation"])
+
+
 def _document_row(
     node: Node, actor: str, c: Checked, key: str, *, about: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -412,6 +427,9 @@ def _document_row(
         "received_at": now,
         "received_from": actor,
         "receipt": canonical_json(receipt).decode("utf-8"),
+        "attestation": None
+        if c.attestation is None
+        else canonical_json(c.attestation).decode("utf-8"),
     }
     return row, receipt
 

@@ -70,6 +70,9 @@ class RelayItem:
     hops: list[dict[str, Any]]
     #: receipts of every hop but the last, in order
     receipts: list[dict[str, Any]]
+    #: the intake attestation of a package whose sender signature was not verified
+    #: (:mod:`gateway.evidence.attestations`); None for a verified one
+    attestation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,13 @@ def encode_batch(items: Sequence[RelayItem]) -> bytes:
     manifest = {
         "v": 1,
         "items": [
-            {"kind": i.kind, "size": len(i.body), "hops": i.hops, "receipts": i.receipts}
+            {
+                "kind": i.kind,
+                "size": len(i.body),
+                "hops": i.hops,
+                "receipts": i.receipts,
+                **({} if i.attestation is None else {"attestation": i.attestation}),
+            }
             for i in items
         ],
     }
@@ -140,6 +149,9 @@ def decode_batch(data: bytes, *, max_items: int, max_depth: int = _MAX_DEPTH) ->
             raise RelayMalformed(f"item {index}: hops and receipts must be lists")
         if not all(isinstance(x, dict) for x in (*hops, *receipts)):
             raise RelayMalformed(f"item {index}: hops and receipts must be JSON objects")
+        attestation = entry.get("attestation")
+        if attestation is not None and (kind == "notice" or not isinstance(attestation, dict)):
+            raise RelayMalformed(f"item {index}: an attestation is a JSON object, on a package")
         if offset + size > len(data):
             raise RelayMalformed(
                 f"item {index} says {size} bytes but the body ends before them",
@@ -151,6 +163,7 @@ def decode_batch(data: bytes, *, max_items: int, max_depth: int = _MAX_DEPTH) ->
                 body=data[offset : offset + size],
                 hops=hops,
                 receipts=receipts,
+                attestation=attestation,
             )
         )
         offset += size

@@ -74,6 +74,7 @@ def list_inbox(node: Node, caller: Identity, *, limit: int = 50, after: int = 0)
             documents.c.size,
             documents.c.sha256,
             documents.c.received_at,
+            documents.c.attestation,
             deliveries.c.state,
         )
         .join(deliveries, deliveries.c.document_seq == documents.c.seq)
@@ -104,10 +105,18 @@ def list_inbox(node: Node, caller: Identity, *, limit: int = 50, after: int = 0)
             "sha256": r.sha256,
             "received_at": r.received_at.isoformat(),
             "state": r.state,
+            "attested_by": _attested_by(r.attestation),
         }
         for r in rows
     ]
     return InboxPage(items=items, next_after=rows[-1].seq if more and rows else None)
+
+
+def _attested_by(attestation: str | None) -> str | None:
+    """The node that attested a package whose sender signature was not verified, or None."""
+    if attestation is None:
+        return None
+    return str(json.loads(attestation)["attestation"]["node"])
 
 
 def _visible(conn: Any, doc_id: str, agency: str) -> Any:
@@ -209,6 +218,7 @@ def evidence_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
                 documents.c.size,
                 documents.c.receipt,
                 documents.c.received_from,
+                documents.c.attestation,
             ).where(documents.c.seq == row.seq)
         ).one()
         chain = conn.execute(
@@ -234,6 +244,10 @@ def evidence_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
         "node": node.name,
         "received_from": doc.received_from,
         "receipt": json.loads(doc.receipt),
+        # the sender's signature was not verified: the intake node's sealed word instead
+        # (gateway.evidence.attestations.verify_attestation checks it offline)
+        "attestation": None if doc.attestation is None else json.loads(doc.attestation),
+        "signature": "verified" if doc.attestation is None else "not verified (attested)",
         "hops": [
             {
                 "direction": h.direction,
@@ -259,6 +273,7 @@ def status_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
                 documents.c.sender,
                 documents.c.document_id,
                 documents.c.received_at,
+                documents.c.attestation,
             ).where(documents.c.id == doc_id)
         ).first()
         admin = node.is_admin(caller)
@@ -313,5 +328,7 @@ def status_view(node: Node, caller: Identity, doc_id: str) -> dict[str, Any]:
         "sender": row.sender,
         "document_id": row.document_id,
         "received_at": row.received_at.isoformat(),
+        # set when the sender's signature was not verified (the node that attested the intake)
+        "attested_by": _attested_by(row.attestation),
         "recipients": list(per.values()),
     }

@@ -45,16 +45,20 @@ from gateway.errors import (
     WrongPackageKind,
 )
 from gateway.evidence import audit
+from gateway.evidence.attestations import make_attestation
+from gateway.evidence.attestations import summary as attestation_summary
+from gateway.evidence.nodekey import canonical_json
 from gateway.evidence.receipts import make_receipt
 from gateway.node.container import LOCAL, Node
 from gateway.node.dedup import package_key
 from gateway.node.status import StatusReport, TransportState
 from gateway.node.timeline import TimelineWriter, deliver_entry
 from gateway.storage.tables import deliveries, documents
+from gateway.trust.attested import Unverified, verify_or_attest
 from gateway.trust.caller import Identity
 from gateway.trust.store import describe
 
-__all__ = ["Accepted", "actor_of", "ingest_document", "ingest_status"]
+__all__ = ["Accepted", "Attest", "actor_of", "ingest_document", "ingest_status"]
 
 log = structlog.get_logger("gateway.ingest")
 
@@ -88,10 +92,23 @@ def _refuse(node: Node, caller: Identity, error: GatewayError, data: bytes) -> G
 
 
 @dataclass(frozen=True, slots=True)
+class Attest:
+    """The hub API's ``attest`` policy for a connected system (docs/hub.md): a package whose
+    only failures are about its signature is accepted with an intake attestation."""
+
+    #: the connected system the package came from
+    systemid: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Verified:
     package: DocumentPackage | StatusPackage
-    #: the signer's certificate, described (subject, agency, issuer, serial, validity)
+    #: the signer's certificate, described (subject, agency, issuer, serial, validity); for
+    #: an attested package, who attested it instead
     signer: dict[str, Any]
+    #: set when the sender's signature was not verified (the package was attested)
+    unverified: Unverified | None = None
+    attest: Attest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +122,9 @@ class _Plan:
     about: tuple[int, Sequence[str]] | None = None
 
 
-def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _Verified:
+def _verified(
+    node: Node, data: bytes, caller: Identity, kind: PackageKind, attest: Attest | None = None
+) -> _Verified:
     try:
         if caller.kind != "agency" or caller.agency is None:
             raise Forbidden("only an agency's DMS may submit packages on this endpoint")
@@ -115,8 +134,19 @@ def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _
                 detail={"agency": str(caller.agency)},
             )
         # Refused with the first error (parse budgets, schema, signature, chain, upload
-        # budget...); nothing is stored but the refusal's audit entry.
-        package, signer = node.verifier.verify(data, now=node.now()).accepted()
+        # budget...); nothing is stored but the refusal's audit entry. Under ``attest`` the
+        # signature's failures alone are forgiven (gateway.trust.attested).
+        unverified: Unverified | None = None
+        if attest is None:
+            package, signer = node.verifier.verify(data, now=node.now()).accepted()
+        else:
+            report, unverified = verify_or_attest(
+                node.verifier, data, now=node.now(), limits=node.settings.limits.xml_limits()
+            )
+            if unverified is None:
+                package, signer = report.accepted()
+            else:
+                package = unverified.package
         if package.kind is not kind:
             raise WrongPackageKind(
                 f"a {package.kind.value} package was sent where a {kind.value} was expected",
@@ -129,6 +159,10 @@ def _verified(node: Node, data: bytes, caller: Identity, kind: PackageKind) -> _
             )
     except GatewayError as exc:
         raise _refuse(node, caller, exc, data) from None
+    if unverified is not None:
+        assert attest is not None
+        attested = {"attested_by": node.name, "systemid": attest.systemid, "verified": False}
+        return _Verified(package=package, signer=attested, unverified=unverified, attest=attest)
     return _Verified(package=package, signer=describe(signer))
 
 
@@ -187,6 +221,19 @@ def _store(
         received_at=now.isoformat(),
         received_from=actor,
     )
+    attestation: dict[str, Any] | None = None
+    if verified.unverified is not None and verified.attest is not None:
+        attestation = make_attestation(
+            node.key,
+            node=node.name,
+            sha256=sha256,
+            systemid=verified.attest.systemid,
+            agency=str(caller.agency),
+            at=now,
+            failed=verified.unverified.failed,
+            report=verified.unverified.report,
+            undeclared_prefixes=verified.unverified.undeclared_prefixes,
+        )
     row = {
         "id": gid,
         "kind": package.kind.value,
@@ -202,6 +249,7 @@ def _store(
         "received_at": now,
         "received_from": actor,
         "receipt": json.dumps(receipt, ensure_ascii=False, sort_keys=True),
+        "attestation": None if attestation is None else canonical_json(attestation).decode(),
     }
     for attempt in (1, 2):
         try:
@@ -249,6 +297,9 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
     """
     now = row["received_at"]
     status_code = row["status_code"]
+    note = None
+    if row["attestation"] is not None:
+        note = attestation_summary(json.loads(row["attestation"])["attestation"])
     seq = conn.execute(
         _INSERT_DOCUMENT,
         {**row, "subject": plan.subject, "about_seq": plan.about[0] if plan.about else None},
@@ -264,6 +315,7 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
                 outcome=TransportState.DELIVERED if hop == LOCAL else None,
                 at=now,
                 actor=actor,
+                note=note,
             )
             for recipient, hop in plan.hops
         ]
@@ -288,6 +340,7 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
                 "size": row["size"],
                 "recipients": [r for r, _ in plan.hops],
                 "status_code": status_code,
+                "attested": row["attestation"] is not None,
             },
         )
     ]
@@ -308,9 +361,12 @@ def _signing_time(package: DocumentPackage | StatusPackage) -> Any:
 # --- documents -------------------------------------------------------------------------------
 
 
-def ingest_document(node: Node, data: bytes, *, caller: Identity) -> Accepted:
-    """Verify, authorise, route and durably store a signed document package."""
-    verified = _verified(node, data, caller, PackageKind.DOCUMENT)
+def ingest_document(
+    node: Node, data: bytes, *, caller: Identity, attest: Attest | None = None
+) -> Accepted:
+    """Verify, authorise, route and durably store a signed document package (``attest``:
+    a connected system's ``attest`` policy, docs/hub.md)."""
+    verified = _verified(node, data, caller, PackageKind.DOCUMENT, attest)
     package = verified.package
     try:
         if not isinstance(package, DocumentPackage):  # _verified checked the kind
@@ -338,9 +394,11 @@ def ingest_document(node: Node, data: bytes, *, caller: Identity) -> Accepted:
 # --- statuses --------------------------------------------------------------------------------
 
 
-def ingest_status(node: Node, data: bytes, *, caller: Identity) -> Accepted:
+def ingest_status(
+    node: Node, data: bytes, *, caller: Identity, attest: Attest | None = None
+) -> Accepted:
     """Verify a status package, apply it to the document it answers, store and deliver it."""
-    verified = _verified(node, data, caller, PackageKind.STATUS)
+    verified = _verified(node, data, caller, PackageKind.STATUS, attest)
     package = verified.package
     if not isinstance(package, StatusPackage):  # _verified checked the kind
         raise _refuse(

@@ -228,6 +228,7 @@ class TimelineWriter:
         at: dt.datetime,
         actor: str,
         failure: str | None = None,
+        note: str | None = None,
     ) -> dict[str, Any]:
         """The new ``deliveries`` row of (``seq``, ``recipient``) and its first events.
 
@@ -237,11 +238,14 @@ class TimelineWriter:
         ``outcome``: ``delivered`` (``hop`` is this node's inbox), ``failed`` (``failure`` says
         why) or None (waiting for ``hop``: due now). The row's state is the timeline's. The
         caller inserts the row; a (document, recipient) has one delivery row (a unique key),
-        so its timeline starts empty.
+        so its timeline starts empty. ``note``: the arrival event's description (an attested
+        package: "sender signature not verified; intake attested by node N").
         """
         self._senders.setdefault(seq, sender)
         self._timelines[(seq, recipient)] = Timeline.start(sender, recipient)
-        self.record(seq, recipient, TransportEvent(state=arrived), at=at, actor=actor)
+        self.record(
+            seq, recipient, TransportEvent(state=arrived), at=at, actor=actor, description=note
+        )
         if outcome is not None:
             self.record(
                 seq,

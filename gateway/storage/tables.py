@@ -129,6 +129,9 @@ documents = Table(
     Column("received_from", String(128), nullable=False),
     #: the receipt this node signed when it stored the package (JSON)
     Column("receipt", Text, nullable=False),
+    #: an intake attestation (JSON, :mod:`gateway.evidence.attestations`): the sender's
+    #: signature was not verified, a node attested the intake (None: verified)
+    Column("attestation", Text),
 )
 
 deliveries = Table(

@@ -24,8 +24,12 @@ from sqlalchemy import func, select
 from support import DevPKI
 
 from adapters.hub.client import HubClient, HubRefused
+from gateway.agency import AgencyCode
+from gateway.evidence.attestations import verify_attestation
+from gateway.node.inbox import status_view
 from gateway.node.systems import add_system, disable_system
 from gateway.storage.tables import audit_log, documents
+from gateway.trust.caller import Identity
 
 H49 = "000.00.00.H49"
 A = "000.00.01.H49"  # Sở Nội vụ: its DMS is system "vxp.a"
@@ -348,3 +352,74 @@ def test_the_nodes_own_hub_client_speaks_the_protocol(hub: Hub, pki: DevPKI) -> 
             sender.send_edoc(B, package)
         assert refused.value.error_code == "AUTH_SYSTEM_AGENCY_FORBIDDEN"
     assert hub.secrets["vxp.a"] not in repr(sender)
+
+
+# --- the attest policy ----------------------------------------------------------------------
+
+
+def _attest_system(hub: Hub, agency: str, systemid: str = "vxp.field") -> HubService:
+    system, secret = add_system(
+        hub.served.node, systemid, [agency], policy="attest", actor="admin:test"
+    )
+    hub.secrets[system.systemid] = secret
+    return hub.service(system.systemid)
+
+
+def test_under_attest_the_sdks_own_example_is_accepted_and_says_it_was_not_verified(
+    hub: Hub,
+) -> None:
+    """Placeholder signature and undeclared prefixes: every other check passes, so the node
+    keeps the bytes untouched and seals an intake attestation that every view shows."""
+    sample = (SAMPLES / "edoc.edxml").read_bytes()
+    svc = _attest_system(hub, FIELD)
+    sent = svc.send_edoc(FIELD, sample)
+    assert sent.status == "OK", sent.body_text
+    node = hub.served.node
+    with node.reader.connect() as conn:
+        row = conn.execute(
+            select(documents.c.envelope, documents.c.attestation, documents.c.signer).where(
+                documents.c.id == sent.doc_id
+            )
+        ).one()
+    assert bytes(row.envelope) == sample  # byte for byte
+    sealed = json.loads(row.attestation)
+    fields = verify_attestation(
+        sealed, trust=hub.served.pki.trust(), sha256=hashlib.sha256(sample).hexdigest()
+    )
+    assert (fields["node"], fields["systemid"], fields["agency"]) == (
+        node.name,
+        "vxp.field",
+        FIELD,
+    )
+    assert fields["xml_defects"] == {"undeclared_prefixes": ["xlink", "edXML"]}
+    assert "SIGNATURE_WEAK_ALGORITHM" in fields["failed"]
+    assert json.loads(row.signer)["verified"] is False
+    # the timeline says it in plain words
+    view = status_view(node, _hub_caller(FIELD), sent.doc_id)
+    assert view["attested_by"] == node.name
+    first = view["recipients"][0]["events"][0]
+    assert first["description"].startswith("sender signature not verified; intake attested")
+    assert [r["code"] for r in hub.audited("refuse")] == []
+
+
+def test_under_attest_everything_but_the_signature_still_refuses(hub: Hub, pki: DevPKI) -> None:
+    svc = _attest_system(hub, A, "vxp.attest-a")
+    broken = svc.send_edoc(A, b"<edXML><unclosed></edXML>")
+    assert (broken.status, broken.error_code) == ("FAIL", "XML_MALFORMED")
+    not_edxml = svc.send_edoc(A, b"<other xmlns='urn:x'/>")
+    assert (not_edxml.status, not_edxml.error_code) == ("FAIL", "ENVELOPE_UNKNOWN_KIND")
+    # the package's From is not the system's agency
+    someone_else = svc.send_edoc(A, _package(pki, B, [A]))
+    assert (someone_else.status, someone_else.error_code) == ("FAIL", "AUTH_SENDER_MISMATCH")
+    assert hub.stored() == 0
+    # a package that verifies is simply verified: no attestation
+    ok = svc.send_edoc(A, _package(pki, A, [B]))
+    assert ok.status == "OK"
+    with hub.served.node.reader.connect() as conn:
+        assert conn.execute(select(documents.c.attestation)).scalar_one() is None
+
+
+def _hub_caller(agency: str) -> Identity:
+    return Identity(
+        kind="agency", agency=AgencyCode.parse(agency), certificate=None, source="hub", system="t"
+    )

@@ -25,6 +25,7 @@ from support import DevPKI
 
 from gateway.dev.nodeconfig import write_node_config
 from gateway.errors import PeerUnavailable
+from gateway.evidence.attestations import verify_attestation
 from gateway.evidence.hops import verify_hops, verify_notice
 from gateway.evidence.receipts import verify_receipt
 from gateway.network.dispatcher import Dispatcher
@@ -35,7 +36,7 @@ from gateway.network.wire import RelayItem
 from gateway.node.admin import list_deliveries, requeue
 from gateway.node.container import Node
 from gateway.node.inbox import fetch, list_inbox, status_view
-from gateway.node.ingest import ingest_document
+from gateway.node.ingest import Attest, ingest_document
 from gateway.settings import load_settings
 from gateway.storage import db
 from gateway.storage.tables import audit_log, deliveries, documents, events, hops
@@ -626,3 +627,66 @@ def test_no_row_stays_leased_however_it_leaves_the_worker(pair: Pair) -> None:
     assert pair.dispatcher.housekeeping() == 0  # past max_age: a delivered row never fails
     _assert_no_leases(pair.province)
     assert [r.state for r in _to_g12(pair)] == ["delivered"] * 3, _to_g12(pair)
+
+
+# --- attested packages (the hub API's attest policy) travel with their attestation ----------
+
+
+def _attested_push(pair: Pair) -> bytes:
+    """An unsigned document from H49, accepted at h49 under ``attest`` (SIGNATURE_MISSING)."""
+    data = document(H49, [G12])
+    ingest_document(pair.province, data, caller=_agency(pair, H49), attest=Attest("vxp.h49"))
+    return data
+
+
+def test_an_attested_package_travels_with_its_attestation_and_says_so_everywhere(
+    pair: Pair,
+) -> None:
+    data = _attested_push(pair)
+    assert pair.dispatcher.run_peer("central") == 1
+    items = list_inbox(pair.central, _agency(pair, G12)).items
+    assert [(i["kind"], i["attested_by"]) for i in items] == [("document", "h49")]
+    assert fetch(pair.central, _agency(pair, G12), items[0]["id"]) == data  # untouched
+    with pair.central.reader.connect() as conn:
+        sealed = json.loads(conn.execute(select(documents.c.attestation)).scalars().first())
+    fields = verify_attestation(sealed, trust=pair.pki.trust())
+    assert (fields["node"], fields["systemid"], fields["failed"]) == (
+        "h49",
+        "vxp.h49",
+        ["SIGNATURE_MISSING"],
+    )
+    # the sender's node: delivered, and the timeline says the signature was not verified
+    pair.central_dispatcher.run_peer("h49")
+    with pair.province.reader.connect() as conn:
+        gid = conn.execute(
+            select(documents.c.id).where(documents.c.kind == "document")
+        ).scalar_one()
+    view = status_view(pair.province, _agency(pair, H49), gid)
+    assert view["attested_by"] == "h49"
+    assert view["recipients"][0]["transport"] == "delivered"
+    assert "intake attested by node h49" in view["recipients"][0]["events"][0]["description"]
+
+
+def test_an_attested_package_without_a_valid_attestation_is_refused(pair: Pair) -> None:
+    """The attestation is what lets an unverified signature through: one that does not verify
+    (changed after sealing) refuses the package at the next node; and without one, the
+    unsigned package is refused as on the node's own API."""
+    _attested_push(pair)
+    pair.dispatcher.run_peer("central")
+    with pair.province.reader.connect() as conn:
+        doc = conn.execute(select(documents).where(documents.c.kind == "document")).one()
+        chain = conn.execute(select(hops)).all()
+    record = json.loads(chain[0].record)
+    sealed = json.loads(doc.attestation)
+    sealed["attestation"]["systemid"] = "vxp.other"  # changed after sealing
+    forged = RelayItem(
+        kind="document", body=bytes(doc.envelope), hops=[record], receipts=[], attestation=sealed
+    )
+    bare = dataclasses.replace(forged, attestation=None)
+    with pair.central.engine.begin() as conn:  # a fresh central: forget the first relay
+        conn.execute(update(documents).values(dedup_key=documents.c.dedup_key + "|old"))
+    refused = pair.transport.send(Peer("central", "https://x"), [forged, bare])
+    assert [(r.ok, r.code) for r in refused] == [
+        (False, "RELAY_HOP_CHAIN_BROKEN"),
+        (False, "SIGNATURE_MISSING"),
+    ]

@@ -1,0 +1,29 @@
+"""Intake attestations: a node's sealed word for a package whose sender signature it could not
+verify (the hub API's attest policy), kept beside the untouched bytes.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | Sequence[str] | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("documents") as batch:
+        batch.add_column(sa.Column("attestation", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("documents") as batch:
+        batch.drop_column("attestation")
