@@ -57,7 +57,8 @@ pair and checks this drawing against the classes.
     │   ├── UnsupportedAlgorithm        SIGNATURE_UNSUPPORTED_ALGORITHM
     │   ├── SignatureNonCanonical       SIGNATURE_NON_CANONICAL     (high-S ECDSA)
     │   ├── SignatureValueMismatch      SIGNATURE_VALUE_MISMATCH
-    │   └── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
+    │   ├── DigestMismatch              SIGNATURE_DIGEST_MISMATCH
+    │   └── UnverifiedRefused           SIGNATURE_UNVERIFIED_REFUSED (attested; recipient refuses)
     ├── TrustError                      TRUST_ERROR                 (who signed; believe them?)
     │   ├── CertificateMalformed        CERT_MALFORMED
     │   ├── CertificateUntrusted        CERT_UNTRUSTED
@@ -215,6 +216,7 @@ __all__ = [
     "UnknownAgency",
     "UnknownPackageKind",
     "UnsupportedAlgorithm",
+    "UnverifiedRefused",
     "UsageError",
     "WeakAlgorithm",
     "WorkerFailed",
@@ -514,6 +516,14 @@ class DigestMismatch(SignatureError):
     """The signed content was changed after signing (digest mismatch)."""
 
     code = "SIGNATURE_DIGEST_MISMATCH"
+
+
+class UnverifiedRefused(SignatureError):
+    """The recipient refuses packages whose sender signature was not verified (attested)."""
+
+    code = "SIGNATURE_UNVERIFIED_REFUSED"
+    http_status = 422
+    meaning = "delivery refused: the recipient takes only packages whose signature verified"
 
 
 # --- trust -----------------------------------------------------------------------------------

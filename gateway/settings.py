@@ -383,6 +383,9 @@ class HubSettings:
     rotate_grace: int = 7 * 24 * 3600
     #: seconds after which every hub request is answered FAIL (the SDK itself never times out)
     request_deadline: float = 30.0
+    #: agencies hosted here that refuse packages whose sender signature was not verified
+    #: (accepted somewhere under the ``attest`` policy): their delivery fails, the sender is told
+    refuse_attested: tuple[str, ...] = ()
 
     def key_path(self, base_dir: Path) -> Path:
         """``secrets_key_file``, a relative one taken in ``base_dir`` (``Settings.base_dir``)."""
@@ -649,4 +652,10 @@ def _validate_hub(settings: Settings) -> None:
         raise ConfigError(
             f'[hub] prefix {hub.prefix!r} would hide the node\'s own API: use e.g. "/vdxp"',
             detail={"key": "hub.prefix"},
+        )
+    strangers = [code for code in hub.refuse_attested if code not in settings.node.agencies]
+    if strangers:
+        raise ConfigError(
+            f"[hub] refuse_attested names {strangers[0]!r}, not one of [node] agencies",
+            detail={"key": "hub.refuse_attested"},
         )

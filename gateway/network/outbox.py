@@ -32,6 +32,7 @@ from gateway.errors import (
     GatewayError,
     RecipientUnreachable,
     RouteLoop,
+    UnverifiedRefused,
 )
 from gateway.evidence import audit
 from gateway.evidence.hops import sign_notice
@@ -98,6 +99,9 @@ class Stored:
     here: bool = False
     #: the arrival event's description (an attested package says so)
     note: str | None = None
+    #: its sender signature was not verified (an intake attestation instead): a hosted agency
+    #: in ``[hub] refuse_attested`` refuses it
+    attested: bool = False
 
 
 @dataclass(slots=True)
@@ -116,13 +120,20 @@ def _route(
 ) -> None:
     arrived = TransportState.IN_TRANSIT if in_transit else TransportState.ACCEPTED
     seq, came_through = package.seq, package.came_through
+    refusing = node.settings.hub.refuse_attested
     for recipient in package.recipients:
         failure: GatewayError | None = None
         try:
             hop = LOCAL if package.here else node.next_hop(AgencyCode.parse(recipient))
         except RecipientUnreachable as exc:
             hop, failure = UNROUTABLE, exc
-        if hop != UNROUTABLE and would_loop(came_through, hop):
+        if hop == LOCAL and package.attested and recipient in refusing:
+            failure = UnverifiedRefused(
+                f"{recipient} takes only packages whose sender signature verified; this one "
+                "was accepted under an intake attestation",
+                detail={"recipient": recipient},
+            )
+        elif hop != UNROUTABLE and would_loop(came_through, hop):
             failure = RouteLoop(
                 f"{recipient} would go back to {hop}, which the package came through: no node "
                 "hosts it (or the directories disagree)",
@@ -130,7 +141,7 @@ def _route(
             )
             hop = UNROUTABLE
         outcome: TransportState | None = None
-        if hop == LOCAL:
+        if hop == LOCAL and failure is None:
             outcome = TransportState.DELIVERED
         elif failure is not None:
             outcome = TransportState.FAILED
@@ -196,6 +207,7 @@ def add_deliveries(
     audit_local: bool = True,
     here: bool = False,
     note: str | None = None,
+    attested: bool = False,
 ) -> set[str]:
     """Route ``recipients`` of a stored package and insert their delivery rows and events.
 
@@ -211,7 +223,7 @@ def add_deliveries(
     return add_deliveries_many(
         conn,
         node,
-        [Stored(seq, sender, recipients, came_through, here, note)],
+        [Stored(seq, sender, recipients, came_through, here, note, attested)],
         actor,
         in_transit=in_transit,
         audit_local=audit_local,

@@ -228,9 +228,10 @@ class _Batch:
                     c.recipients,
                     [hop["from"] for hop in c.hops],
                     note=_attested_note(c),
+                    attested=c.attestation is not None,
                 )
             )
-            here = [r for r in c.recipients if r in node.hosted]
+            here = _delivered_here(node, c)
             if here:
                 path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
                 self.arrivals.setdefault(c.sender, []).append((seq, here, path))
@@ -294,9 +295,10 @@ class _Batch:
             # a confirmation of failure notices this node gave: it ends here
             here=handled_here and self._confirms_own_notices(c.notice),
             note=_attested_note(c),
+            attested=c.attestation is not None,
         )
         # a status or a failure notice at its agency's node: confirmed back, like a document
-        here = [r for r in c.recipients if r in node.hosted]
+        here = _delivered_here(node, c)
         path = [[hop["from"], hop["to"], hop["at"]] for hop in c.hops]
         if here and isinstance(c.package, StatusPackage):
             self.arrivals.setdefault(c.sender, []).append((seq, here, path))
@@ -381,6 +383,13 @@ class _Batch:
             at_node=notice["node"],
             actor=self.actor,
         )
+
+
+def _delivered_here(node: Node, c: Checked) -> list[str]:
+    """The recipients of ``c`` whose inbox is here and who take it (an agency in ``[hub]
+    refuse_attested`` does not take a package whose sender signature was not verified)."""
+    refusing = node.settings.hub.refuse_attested if c.attestation is not None else ()
+    return [r for r in c.recipients if r in node.hosted and r not in refusing]
 
 
 def _attested_note(c: Checked) -> str | None:

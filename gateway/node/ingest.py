@@ -42,6 +42,7 @@ from gateway.errors import (
     TooManyAttachments,
     TooManyRecipients,
     UnknownAgency,
+    UnverifiedRefused,
     WrongPackageKind,
 )
 from gateway.evidence import audit
@@ -298,8 +299,10 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
     now = row["received_at"]
     status_code = row["status_code"]
     note = None
+    refusing: tuple[str, ...] = ()
     if row["attestation"] is not None:
         note = attestation_summary(json.loads(row["attestation"])["attestation"])
+        refusing = node.settings.hub.refuse_attested
     seq = conn.execute(
         _INSERT_DOCUMENT,
         {**row, "subject": plan.subject, "about_seq": plan.about[0] if plan.about else None},
@@ -312,9 +315,10 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
                 recipient,
                 hop=hop,
                 arrived=TransportState.ACCEPTED,
-                outcome=TransportState.DELIVERED if hop == LOCAL else None,
+                outcome=_outcome(hop, recipient in refusing),
                 at=now,
                 actor=actor,
+                failure=_REFUSED_UNVERIFIED if recipient in refusing and hop == LOCAL else None,
                 note=note,
             )
             for recipient, hop in plan.hops
@@ -344,11 +348,25 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
             },
         )
     ]
-    here = [r for r, hop in plan.hops if hop == LOCAL]
+    here = [r for r, hop in plan.hops if hop == LOCAL and r not in refusing]
     if here:
         entries.append(deliver_entry(node.name, row["id"], here))
     audit.append_many(conn, entries)
     return len(plan.hops)
+
+
+#: the failure of a delivery here to an agency that refuses attested packages
+_REFUSED_UNVERIFIED = (
+    f"{UnverifiedRefused.code}: the recipient takes only packages whose sender signature "
+    "verified; this one was accepted under an intake attestation"
+)
+
+
+def _outcome(hop: str, refuses: bool) -> TransportState | None:
+    """A hosted recipient's delivery: delivered, or failed when it refuses the package."""
+    if hop != LOCAL:
+        return None
+    return TransportState.FAILED if refuses else TransportState.DELIVERED
 
 
 def _signing_time(package: DocumentPackage | StatusPackage) -> Any:

@@ -125,6 +125,16 @@ def _code(text: str) -> Any:
 
 @pytest.fixture
 def pair(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[Pair]:
+    made = _make_pair(db_url, tmp_path, pki)
+    yield made
+    made.province.engine.dispose()
+    made.central.engine.dispose()
+
+
+def _make_pair(
+    db_url: str, tmp_path: Path, pki: DevPKI, *, central_hub: dict[str, Any] | None = None
+) -> Pair:
+    """The province (on ``db_url``) and central (SQLite), linked in-process."""
     clock = Clock()
     central_url = "https://127.0.0.1:1"
     province_url = "https://127.0.0.1:2"
@@ -148,13 +158,13 @@ def pair(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[Pair]:
         agencies=[G12],
         tier="central",
         children=[{"name": "h49", "url": province_url, "serves": [H49]}],
-        extra={"delivery": DELIVERY},
+        extra={"delivery": DELIVERY, "hub": dict(central_hub or {})},
     )
     nodes = {"h49": province, "central": central}
     transport = Direct(nodes, province)
     back = Direct(nodes, central)
     ticks = Ticks()
-    yield Pair(
+    return Pair(
         province=province,
         central=central,
         clock=clock,
@@ -165,8 +175,6 @@ def pair(db_url: str, tmp_path: Path, pki: DevPKI) -> Iterator[Pair]:
         central_dispatcher=Dispatcher(central, back, monotonic=ticks),
         pki=pki,
     )
-    province.engine.dispose()
-    central.engine.dispose()
 
 
 def _agency(pair: Pair, code: str) -> Identity:
@@ -690,3 +698,36 @@ def test_an_attested_package_without_a_valid_attestation_is_refused(pair: Pair) 
         (False, "RELAY_HOP_CHAIN_BROKEN"),
         (False, "SIGNATURE_MISSING"),
     ]
+
+
+def test_a_recipient_that_refuses_attested_packages_fails_them_and_the_sender_is_told(
+    db_url: str, tmp_path: Path, pki: DevPKI
+) -> None:
+    """[hub] refuse_attested at the recipient's node: the package is stored (its evidence
+    kept) but not delivered to that agency; the sender gets a failure notice with the code."""
+    pair = _make_pair(db_url, tmp_path, pki, central_hub={"refuse_attested": [G12]})
+    try:
+        _refused_then_verified(pair)
+    finally:
+        pair.province.engine.dispose()
+        pair.central.engine.dispose()
+
+
+def _refused_then_verified(pair: Pair) -> None:
+    _attested_push(pair)
+    assert pair.dispatcher.run_peer("central") == 1
+    assert list_inbox(pair.central, _agency(pair, G12)).items == []
+    pair.central_dispatcher.run_peer("h49")
+    notices = list_inbox(pair.province, _agency(pair, H49)).items
+    assert [n["kind"] for n in notices] == ["notice"]
+    notice = json.loads(fetch(pair.province, _agency(pair, H49), notices[0]["id"]))
+    fields = verify_notice(notice, trust=pair.pki.trust())
+    assert (fields["event"], fields["code"], fields["recipients"]) == (
+        "failed",
+        "SIGNATURE_UNVERIFIED_REFUSED",
+        [G12],
+    )
+    # a verified document still reaches G12
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1
