@@ -52,6 +52,8 @@ __all__ = [
     "Tier",
     "TrustSettings",
     "VerifySettings",
+    "WebhookEndpoint",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -147,6 +149,12 @@ RANGES: dict[str, _Range] = {
     # 0: a rotated-out secret stops working at once
     "hub.rotate_grace": _Range(0, MAX_ROTATE_GRACE, why="a rotated-out secret dies within a year"),
     "hub.request_deadline": _POSITIVE,
+    "webhooks.tick_interval": _POSITIVE,
+    "webhooks.timeout": _POSITIVE,
+    "webhooks.max_attempts": _ONE_OR_MORE,
+    "webhooks.backoff_initial": _POSITIVE,
+    "webhooks.backoff_max": _POSITIVE,
+    "webhooks.max_age": _ONE_OR_MORE,
 }
 
 
@@ -311,6 +319,19 @@ class PeerSettings:
     #: for a child: the agency codes its subtree serves (a code serves itself and every code
     #: below it)
     serves: tuple[str, ...] = ()
+    #: ``node`` (a gateway node: relay with node certificates) or, for the parent only, ``hub``
+    #: (a national hub speaking the hub protocol at ``url``: docs/hub.md "A hub as parent")
+    kind: str = "node"
+    #: a hub parent: this node's systemid at the hub
+    systemid: str | None = None
+    #: a hub parent: the file holding this node's secret at the hub (or ``secret_env``)
+    secret_file: Path | None = None
+    #: a hub parent: the environment variable holding the secret instead
+    secret_env: str | None = None
+    #: a hub parent: ``require`` or ``attest``: what packages pulled from the hub must be
+    policy: str = "require"
+    #: a hub parent: seconds between two pulls of what it holds for this node
+    poll_interval: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -394,6 +415,53 @@ class HubSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookEndpoint:
+    """One hosted agency's webhook (``[webhooks] endpoints``): where its DMS is told of arrivals."""
+
+    #: the agency code (one of ``[node] agencies``)
+    agency: str
+    #: the DMS's HTTPS URL the notifications are POSTed to (http:// only to a loopback host)
+    url: str
+    #: the file holding the signing secret, ``whsec_<base64>`` (one per line: every line signs,
+    #: for a rotation without downtime); never in the settings file, never logged
+    secret_file: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookSettings:
+    """``[webhooks]``: signed notifications POSTed to an agency's DMS when a package lands in its
+    inbox (docs/webhooks.md); the DMS still fetches and acknowledges through the API."""
+
+    #: one per hosted agency whose DMS wants them; empty: no webhooks at all
+    endpoints: tuple[WebhookEndpoint, ...] = ()
+    #: the node's public base URL for the links in a notification (``https://host:port``);
+    #: empty: ``https://<[server] host>:<[server] port>``
+    public_url: str = ""
+    #: CA certificates (PEM) the DMS's HTTPS certificate must chain to, instead of the system's
+    ca_file: Path | None = None
+    #: seconds between runs of the sender (one job per endpoint)
+    tick_interval: float = 1.0
+    #: seconds one POST may take (connect, send, answer) before it counts as a failed attempt
+    timeout: float = 15.0
+    #: failed attempts after which a notification is given up (audited ``webhook_failed``)
+    max_attempts: int = 15
+    #: first retry wait in seconds; it doubles per failed attempt (plus up to as much again,
+    #: at random), at most backoff_max
+    backoff_initial: float = 5.0
+    #: longest wait between two attempts, in seconds
+    backoff_max: float = 3600.0
+    #: seconds after which a notification not yet accepted is given up, however few its attempts
+    max_age: int = 3 * 24 * 3600
+
+    def base_url(self, server: ServerSettings) -> str:
+        """The base URL of the links: ``public_url``, or the ``[server]`` listener's."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        return f"https://{host}:{server.port}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """All settings of one gateway process."""
 
@@ -409,6 +477,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     hub: HubSettings = field(default_factory=HubSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     #: the settings file's folder: relative paths (and a relative SQLite file) live there
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -425,6 +494,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "delivery": DeliverySettings,
     "logging": LoggingSettings,
     "hub": HubSettings,
+    "webhooks": WebhookSettings,
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -489,6 +559,8 @@ def _coerce(section: str, key: str, value: Any, annotation: str, base: Path) -> 
             for i in items
             if i.strip()
         )
+    if annotation == "tuple[WebhookEndpoint, ...]":
+        return _webhook_endpoints(where, value, base)
     raise ConfigError(f"{where}: unsupported setting type {annotation}")  # pragma: no cover
 
 
@@ -519,7 +591,7 @@ def load_settings(
     built: dict[str, Any] = {}
     for section, values in raw.items():
         if section == "directory":
-            built[section] = _directory(values)
+            built[section] = _directory(values, base)
             continue
         cls = _SECTIONS.get(section)
         if cls is None:
@@ -540,13 +612,16 @@ def load_settings(
     return settings
 
 
-def _peer(where: str, value: Any, *, child: bool) -> PeerSettings:
+def _peer(where: str, value: Any, *, child: bool, base: Path | None = None) -> PeerSettings:
     if not isinstance(value, dict):
         raise ConfigError(
             f"{where} must be a table {{name, url{', serves' if child else ''}}}",
             detail={"key": where},
         )
-    allowed = {"name", "url", "serves"} if child else {"name", "url"}
+    hub = not child and value.get("kind") == "hub"
+    allowed = {"name", "url", "serves"} if child else {"name", "url", "kind"}
+    if hub:
+        allowed |= {"systemid", "secret_file", "secret_env", "policy", "poll_interval"}
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}", detail={"key": where})
@@ -568,10 +643,60 @@ def _peer(where: str, value: Any, *, child: bool) -> PeerSettings:
             f"{where} serves is empty: a child must serve some agency codes",
             detail={"key": f"{where}.serves"},
         )
-    return PeerSettings(name=name, url=url.rstrip("/"), serves=tuple(s.strip() for s in serves))
+    if not hub:
+        if value.get("kind", "node") != "node":
+            raise ConfigError(
+                f'{where} kind must be "node" or "hub"', detail={"key": f"{where}.kind"}
+            )
+        return PeerSettings(name=name, url=url.rstrip("/"), serves=tuple(s.strip() for s in serves))
+    return _hub_parent(where, name, url, value, base)
 
 
-def _directory(values: Any) -> DirectorySettings:
+def _hub_parent(
+    where: str, name: str, url: str, value: dict[str, Any], base: Path | None
+) -> PeerSettings:
+    """A parent that is a national hub: its endpoint, this node's systemid and secret."""
+    systemid, policy = value.get("systemid"), value.get("policy", "require")
+    if not isinstance(systemid, str) or not systemid:
+        raise ConfigError(f"{where}: a hub parent needs its systemid", detail={"key": where})
+    if policy not in ("require", "attest"):
+        raise ConfigError(
+            f'{where} policy must be "require" or "attest"', detail={"key": f"{where}.policy"}
+        )
+    secret_file, secret_env = value.get("secret_file"), value.get("secret_env")
+    if (secret_file is None) == (secret_env is None):
+        raise ConfigError(
+            f"{where}: a hub parent's secret comes from secret_file or secret_env (one of them)",
+            detail={"key": where},
+        )
+    path: Path | None = None
+    if secret_file is not None:
+        if not isinstance(secret_file, str) or not secret_file:
+            raise ConfigError(f"{where} secret_file must be a path", detail={"key": where})
+        path = Path(secret_file)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+    if secret_env is not None and (not isinstance(secret_env, str) or not secret_env):
+        raise ConfigError(f"{where} secret_env must be a variable name", detail={"key": where})
+    poll = value.get("poll_interval", 10.0)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0.1 <= poll <= 3600:
+        raise ConfigError(
+            f"{where} poll_interval must be 0.1-3600 seconds",
+            detail={"key": f"{where}.poll_interval"},
+        )
+    return PeerSettings(
+        name=name,
+        url=url.rstrip("/"),
+        kind="hub",
+        poll_interval=float(poll),
+        systemid=systemid,
+        secret_file=path,
+        secret_env=secret_env,
+        policy=policy,
+    )
+
+
+def _directory(values: Any, base: Path | None = None) -> DirectorySettings:
     """``[directory]``: ``parent = {name, url}``, ``children = [{name, url, serves}, ...]``."""
     if not isinstance(values, dict):
         raise ConfigError("[directory] must be a table", detail={"key": "directory"})
@@ -587,7 +712,9 @@ def _directory(values: Any) -> DirectorySettings:
             "[directory] children must be a list of tables", detail={"key": "directory.children"}
         )
     return DirectorySettings(
-        parent=None if parent is None else _peer("[directory] parent", parent, child=False),
+        parent=None
+        if parent is None
+        else _peer("[directory] parent", parent, child=False, base=base),
         children=tuple(
             _peer(f"[directory] children[{i}]", c, child=True) for i, c in enumerate(children)
         ),
@@ -629,6 +756,7 @@ def _validate(settings: Settings) -> None:
             detail={"key": "logging.level"},
         )
     _validate_hub(settings)
+    _validate_webhooks(settings)
     url = settings.database.url
     if not url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
         raise ConfigError(
@@ -658,4 +786,155 @@ def _validate_hub(settings: Settings) -> None:
         raise ConfigError(
             f"[hub] refuse_attested names {strangers[0]!r}, not one of [node] agencies",
             detail={"key": "hub.refuse_attested"},
+        )
+
+
+# --- [webhooks] ----------------------------------------------------------------------------------
+
+#: hosts a webhook may be sent to over plain http:// (this machine: a DMS or an agent beside it)
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+#: the shortest and longest webhook secret, in bytes (Standard Webhooks: 24 to 64)
+WEBHOOK_SECRET_BYTES = (24, 64)
+_WHSEC = "whsec_"
+
+
+def _webhook_endpoints(where: str, value: Any, base: Path) -> tuple[WebhookEndpoint, ...]:
+    """``endpoints = [{agency, url, secret_file}, ...]``, each table checked on its own."""
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{where} must be a list of tables {{agency, url, secret_file}}",
+            detail={"key": "webhooks.endpoints"},
+        )
+    out = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(
+                f"{at} must be a table {{agency, url, secret_file}}",
+                detail={"key": "webhooks.endpoints"},
+            )
+        unknown = sorted(set(item) - {"agency", "url", "secret_file"})
+        if unknown:
+            raise ConfigError(
+                f"{at}: unknown key {unknown[0]!r}", detail={"key": "webhooks.endpoints"}
+            )
+        for name in ("agency", "url", "secret_file"):
+            if not isinstance(item.get(name), str) or not item[name].strip():
+                raise ConfigError(
+                    f"{at} {name} must be a non-empty string",
+                    detail={"key": "webhooks.endpoints"},
+                )
+        path = Path(item["secret_file"].strip())
+        out.append(
+            WebhookEndpoint(
+                agency=item["agency"].strip(),
+                url=item["url"].strip(),
+                secret_file=path if path.is_absolute() else base / path,
+            )
+        )
+    return tuple(out)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot receive webhooks (None: it can): https://, or http:// to this
+    machine only; a host; no user name or password, no fragment."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("https", "http") or not host:
+        return "must be an https:// URL"
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS and not host.startswith("127."):
+        return "must be https:// (http:// is allowed only to 127.0.0.1, ::1 or localhost)"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user name or password (the signature authenticates the node)"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+def read_webhook_secrets(path: Path) -> list[bytes]:
+    """The HMAC keys in a webhook secret file: one ``whsec_<base64>`` per non-empty line, the
+    current one first. Raises :class:`ConfigError` (naming the file, never its content)."""
+    import base64
+    import binascii
+
+    try:
+        lines = path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise ConfigError(
+            f"webhook secret file {path} cannot be read: {reason}",
+            detail={"key": "webhooks.endpoints"},
+        ) from None
+    keys = []
+    least, most = WEBHOOK_SECRET_BYTES
+    for number, line in enumerate(lines, 1):
+        if not line.startswith(_WHSEC):
+            raise ConfigError(
+                f"webhook secret file {path}: secret {number} must start with {_WHSEC}",
+                detail={"key": "webhooks.endpoints"},
+            )
+        try:
+            key = base64.b64decode(line[len(_WHSEC) :], validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not least <= len(key) <= most:
+            raise ConfigError(
+                f"webhook secret file {path}: secret {number} must be {_WHSEC} then the base64 "
+                f"of {least}-{most} random bytes",
+                detail={"key": "webhooks.endpoints"},
+            )
+        keys.append(key)
+    if not keys:
+        raise ConfigError(
+            f"webhook secret file {path} holds no secret", detail={"key": "webhooks.endpoints"}
+        )
+    return keys
+
+
+def _validate_webhooks(settings: Settings) -> None:
+    webhooks = settings.webhooks
+    if webhooks.backoff_max < webhooks.backoff_initial:
+        raise ConfigError(
+            "[webhooks] backoff_max must not be less than backoff_initial",
+            detail={"key": "webhooks.backoff_max"},
+        )
+    if webhooks.public_url:
+        problem = webhook_url_problem(webhooks.public_url)
+        if problem is not None or "?" in webhooks.public_url:
+            raise ConfigError(
+                f"[webhooks] public_url {problem or 'must not have a query'}: "
+                "the node's base URL, e.g. https://gateway.h49.example:8443",
+                detail={"key": "webhooks.public_url"},
+            )
+    seen: set[str] = set()
+    for index, endpoint in enumerate(webhooks.endpoints):
+        at = f"[webhooks] endpoints[{index}]"
+        if endpoint.agency not in settings.node.agencies:
+            raise ConfigError(
+                f"{at} agency {endpoint.agency!r} is not one of [node] agencies: only an "
+                "agency hosted here has an inbox",
+                detail={"key": "webhooks.endpoints"},
+            )
+        if endpoint.agency in seen:
+            raise ConfigError(
+                f"{at} agency {endpoint.agency!r} has two endpoints: one per agency",
+                detail={"key": "webhooks.endpoints"},
+            )
+        seen.add(endpoint.agency)
+        problem = webhook_url_problem(endpoint.url)
+        if problem is not None:
+            raise ConfigError(f"{at} url {problem}", detail={"key": "webhooks.endpoints"})
+        read_webhook_secrets(endpoint.secret_file)
+    wildcard = settings.server.host in ("0.0.0.0", "::", "")  # noqa: S104 - a check, not a bind
+    if webhooks.endpoints and not webhooks.public_url and wildcard:
+        raise ConfigError(
+            "[webhooks] public_url is required when [server] host is a wildcard address: "
+            "the notifications' links must name the node as a DMS reaches it",
+            detail={"key": "webhooks.public_url"},
         )

@@ -109,12 +109,21 @@ def _serve(
 
     config = server.make_config(create_app(node), node.settings)
     dispatcher = None
+    pulls: list[tuple[str, Callable[[], object], float]] = []
     if primary and node.directory is not None:
+        from adapters.hub.parent import HubAwareTransport, HubPoller
         from adapters.peer import HttpsPeerTransport
         from gateway.network.dispatcher import Dispatcher
 
-        dispatcher = Dispatcher(node, HttpsPeerTransport(node.settings))
-    scheduler = start(node, dispatcher, primary=primary)
+        transport = HttpsPeerTransport(node.settings)
+        parent = node.settings.directory.parent
+        if parent is not None and parent.kind == "hub":
+            # a national hub as parent: sendEdoc to it, and pull what it holds for us
+            dispatcher = Dispatcher(node, HubAwareTransport(node.settings, transport))
+            pulls.append(("hub-poll", HubPoller(node).poll, parent.poll_interval))
+        else:
+            dispatcher = Dispatcher(node, transport)
+    scheduler = start(node, dispatcher, primary=primary, jobs=pulls)
     try:
         server.GatewayServer(config, on_started=on_started).run(sockets)
     finally:

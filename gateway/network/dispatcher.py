@@ -473,7 +473,9 @@ class Dispatcher:
         items = [c for c in claimed if c.item is not None]
         for c, result in zip(items, results, strict=True):
             problem = None
-            if result.ok:
+            if result.ok and result.hub_doc_id is not None and result.receipt is None:
+                pass  # a hub parent: its DocId is all it gives (the hop's record says so)
+            elif result.ok:
                 try:
                     fields = verify_receipt(result.receipt or {}, trust=None)
                     leaf, *extra = certificates_from_pem(str(result.receipt["certificate"]))  # type: ignore[index]
@@ -522,7 +524,11 @@ class Dispatcher:
                         "at": now,
                         "digest": digest,
                         "record": text.decode("utf-8"),
-                        "receipt": canonical_json(result.receipt).decode("utf-8"),
+                        "receipt": canonical_json(
+                            result.receipt
+                            if result.receipt is not None
+                            else {"hub": peer.name, "DocId": result.hub_doc_id, "signed": False}
+                        ).decode("utf-8"),
                     }
                 )
                 moving.extend(r.id for r in c.rows)

@@ -46,7 +46,7 @@ from gateway.node.transitions import WAITING_STATES, compare_and_set
 from gateway.storage.tables import deliveries, documents, hops
 from gateway.trust.caller import Identity
 
-__all__ = ["receive_batch", "require_neighbour"]
+__all__ = ["apply_status", "receive_batch", "require_neighbour"]
 
 log = structlog.get_logger("gateway.relay")
 
@@ -322,7 +322,7 @@ class _Batch:
                     actor=actor,
                 )
             elif isinstance(c.package, StatusPackage):
-                _apply_status(conn, node, about, c.package, actor, seq)
+                apply_status(conn, node, about, c.package, actor, seq)
         return {"ok": True, "receipt": receipt, "duplicate": False}
 
     def _handled(self, seq: int) -> None:
@@ -504,7 +504,7 @@ def _about(conn: Connection, c: Checked) -> int | None:
     return seq
 
 
-def _apply_status(
+def apply_status(
     conn: Connection, node: Node, about: int, package: StatusPackage, actor: str, status_seq: int
 ) -> None:
     """Record a relayed business status on the document's timeline here, when it fits.

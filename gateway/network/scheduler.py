@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Callable, Sequence
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -57,7 +58,11 @@ def _housekeeping(dispatcher: Dispatcher) -> None:
 
 
 def start(
-    node: Node, dispatcher: Dispatcher | None = None, *, primary: bool = True
+    node: Node,
+    dispatcher: Dispatcher | None = None,
+    *,
+    primary: bool = True,
+    jobs: Sequence[tuple[str, Callable[[], object], float]] = (),
 ) -> BackgroundScheduler:
     """Start the node's background jobs in a daemon thread.
 
@@ -112,6 +117,17 @@ def start(
             max_instances=1,
             coalesce=True,
         )
+    for name, job, seconds in jobs:  # e.g. pulling from a hub parent (adapters.hub.parent)
+        scheduler.add_job(
+            _guarded,
+            "interval",
+            args=[name, job],
+            seconds=seconds,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
     scheduler.add_job(
         reload_trust,
         "interval",
@@ -123,6 +139,16 @@ def start(
     )
     scheduler.start()
     return scheduler
+
+
+def _guarded(name: str, job: Callable[[], object]) -> None:
+    """Run a job; an error is logged (the next run tries again), never fatal to the node."""
+    try:
+        job()
+    except GatewayError as exc:
+        log.warning("job.failed", job=name, code=exc.code, message=exc.message)
+    except Exception as exc:  # the scheduler thread must survive
+        log.error("job.crashed", job=name, error=type(exc).__name__)
 
 
 def reload_trust(node: Node) -> bool:

@@ -85,6 +85,9 @@ class ItemResult:
     code: str | None = None
     message: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    #: a hub parent's answer instead of a receipt: its ``DocId`` for the package (a hub signs
+    #: nothing; the hop's evidence says so)
+    hub_doc_id: str | None = None
 
 
 def encode_batch(items: Sequence[RelayItem]) -> bytes:
