@@ -17,12 +17,17 @@ Usage::
         doc_id, answer = net.send("000.01.01.H49", ["000.00.00.G12"])
         net.stop("h49-halong")
 
+With ``settings=HUB_SETTINGS`` every node also serves the hub-compatible API (docs/hub.md) at
+:meth:`Network.hub_endpoint`; :meth:`Network.add_system` registers a DMS there as an operator
+does (``gateway systems add``) and returns its secret.
+
 .. warning:: For development only: private keys lie unencrypted in the network's folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,11 +51,16 @@ from gateway.settings import load_settings
 from gateway.storage import db
 from gateway.trust.signing import SigningKey, sign_package
 
-__all__ = ["QUANG_NINH", "Network", "NodeSpec", "free_port", "wait_for"]
+__all__ = ["HUB_SETTINGS", "QUANG_NINH", "Network", "NodeSpec", "free_port", "wait_for"]
 
 T = TypeVar("T")
 
 GATEWAY = shutil.which("gateway", path=str(Path(sys.executable).parent)) or "gateway"
+
+#: every node serves the hub-compatible API (docs/hub.md) under /vdxp: ``Network(settings=...)``
+HUB_SETTINGS: dict[str, dict[str, Any]] = {"hub": {"enabled": True, "prefix": "/vdxp"}}
+
+_SECRET_LINE = re.compile(r"^secret: (\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,74 @@ class Network:
     def url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.nodes[name].port}"
 
+    @property
+    def ca_file(self) -> Path:
+        """The dev CA's certificate: what a client trusts (a DMS on the SDK: its trust store)."""
+        assert self.ca is not None, "create() the network first"
+        return self.ca.root_cert
+
+    def hub_endpoint(self, name: str) -> str:
+        """The URL a DMS on the national SDK puts in its settings to reach node ``name``'s hub
+        API (``https://127.0.0.1:PORT/vdxp``); ValueError when the node does not serve it.
+        Read as the node reads it: its settings file and ``GATEWAY_*`` variables."""
+        hub = load_settings(self.nodes[name].config, environ=dict(os.environ)).hub
+        if not hub.enabled:
+            raise ValueError(f"node {name} does not serve the hub API ([hub] enabled = false)")
+        return self.url(name) + hub.prefix.rstrip("/")
+
+    def systems_add_command(
+        self, name: str, systemid: str, agencies: Sequence[str], *, policy: str = "require"
+    ) -> list[str]:
+        """The operator's command that makes ``systemid`` a connected system of node ``name``."""
+        command = [GATEWAY, "systems", "add", systemid]
+        for agency in agencies:
+            command += ["--agency", agency]
+        if policy != "require":
+            command += ["--policy", policy]
+        return [*command, "--config", str(self.nodes[name].config)]
+
+    def add_system(
+        self,
+        name: str,
+        systemid: str,
+        agencies: Sequence[str],
+        *,
+        policy: str = "require",
+        in_process: bool = False,
+    ) -> str:
+        """Register a DMS of the hub API on node ``name`` and return its secret (shown once).
+
+        By default with ``gateway systems add`` (:meth:`systems_add_command`), a process of its
+        own as an operator runs it; RuntimeError when it fails. ``in_process``: the same
+        :func:`gateway.node.systems.add_system` in this process, without an interpreter's
+        start-up (its events go to this process's logging). The node may be running or not.
+        """
+        if in_process:
+            from gateway.node.container import Node
+            from gateway.node.systems import add_system
+
+            settings = load_settings(self.nodes[name].config, environ=dict(os.environ))
+            engine = db.make_engine(settings)
+            try:
+                node = Node.from_settings(settings, engine)
+                return add_system(node, systemid, agencies, policy=policy, actor="admin:devnet")[1]
+            finally:
+                engine.dispose()
+        done = subprocess.run(
+            self.systems_add_command(name, systemid, agencies, policy=policy),
+            capture_output=True,
+            text=True,
+            env={**os.environ},
+            timeout=120,
+        )
+        found = _SECRET_LINE.search(done.stdout)
+        if done.returncode != 0 or found is None:
+            raise RuntimeError(
+                f"gateway systems add {systemid} on {name} failed ({done.returncode}): "
+                f"{done.stderr.strip()[-2000:]}"
+            )
+        return found.group(1)
+
     def _context(self) -> ssl.SSLContext:
         assert self.ca is not None, "create() the network first"
         return ssl.create_default_context(cafile=str(self.ca.root_cert))
@@ -304,12 +382,16 @@ class Network:
         answer: dict[str, Any] = response.json()
         return answer
 
-    def report(self, reporter: str, *, sender: str, document_id: str, code: str) -> dict[str, Any]:
-        """Push a signed status package (``code``) about ``sender``'s document."""
-        data = sign_package(
+    def signed_status(self, reporter: str, *, sender: str, document_id: str, code: str) -> bytes:
+        """A status package (``code``) about ``sender``'s document, signed by ``reporter``."""
+        return sign_package(
             status(reporter, sender=sender, document_id=document_id, code=code),
             self.key(reporter),
         )
+
+    def report(self, reporter: str, *, sender: str, document_id: str, code: str) -> dict[str, Any]:
+        """Push a signed status package (``code``) about ``sender``'s document."""
+        data = self.signed_status(reporter, sender=sender, document_id=document_id, code=code)
         return self.push(reporter, data, "/api/v1/statuses")
 
     def inbox(self, agency: str) -> list[dict[str, Any]]:
