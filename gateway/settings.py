@@ -849,7 +849,7 @@ def webhook_url_problem(url: str) -> str | None:
     if parts.scheme not in ("https", "http") or not host:
         return "must be an https:// URL"
     if parts.scheme == "http" and host not in _LOOPBACK_HOSTS and not host.startswith("127."):
-        return "must be https:// (http:// is allowed only to 127.0.0.1, ::1 or localhost)"
+        return "must be https:// (http:// is allowed only to 127.x.x.x, ::1 or localhost)"
     if parts.username is not None or parts.password is not None:
         return "must not carry a user name or password (the signature authenticates the node)"
     if parts.fragment:

@@ -5,8 +5,9 @@ uses one core. With ``workers = N`` the supervisor binds the listening socket on
 workers that all accept on it; each builds its own database engine, trust store and app.
 
 * **Worker 0 is the primary**: it alone runs the outbox dispatcher, its housekeeping and the
-  audit checkpoints (on SQLite exactly one dispatcher may send a database's rows, in order).
-  Every worker reloads trust files itself.
+  audit checkpoints (on SQLite exactly one dispatcher may send a database's rows, in order),
+  and the webhook sender (``[webhooks]``, gateway.node.webhooks). Every worker reloads trust
+  files itself.
 * **Wake-ups cross processes**: a package stored by another worker wakes the primary's
   dispatcher through a pipe the supervisor made before forking (a line of peer names); the
   dispatcher's tick catches anything a full pipe dropped.
@@ -123,7 +124,13 @@ def _serve(
             pulls.append(("hub-poll", HubPoller(node).poll, parent.poll_interval))
         else:
             dispatcher = Dispatcher(node, transport)
-    scheduler = start(node, dispatcher, primary=primary, jobs=pulls)
+    webhooks = None
+    if primary and node.settings.webhooks.endpoints:
+        from adapters.webhooks import HttpsWebhookTransport
+        from gateway.node.webhooks import Sender
+
+        webhooks = Sender(node, HttpsWebhookTransport(node.settings))
+    scheduler = start(node, dispatcher, primary=primary, jobs=pulls, webhooks=webhooks)
     try:
         server.GatewayServer(config, on_started=on_started).run(sockets)
     finally:

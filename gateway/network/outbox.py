@@ -39,6 +39,7 @@ from gateway.evidence.hops import sign_notice
 from gateway.evidence.nodekey import canonical_json
 from gateway.evidence.receipts import make_receipt
 from gateway.network.routing import would_loop
+from gateway.node import webhooks
 from gateway.node.container import LOCAL, Node
 from gateway.node.dedup import notice_key
 from gateway.node.status import (
@@ -185,6 +186,17 @@ def _insert_routed(
         ids = dict(conn.execute(_IDS_OF_SEQS, {"seqs": sorted(here)}).all())
         audit.append_many(
             conn, [deliver_entry(node.name, ids[seq], names) for seq, names in here.items()]
+        )
+    if audit_local:  # not a delivered notice the node handles itself: it is in no inbox
+        # the DMS's nudge, in the transaction that puts the package in its inbox
+        webhooks.enqueue(
+            conn,
+            node,
+            [
+                (row["document_seq"], row["recipient"])
+                for row in routed.rows
+                if row["next_hop"] == LOCAL and row["state"] == TransportState.DELIVERED.value
+            ],
         )
     woken = set(routed.woken)
     for (seq, code), (failed, messages) in routed.failures.items():

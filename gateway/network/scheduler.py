@@ -1,6 +1,6 @@
 """Background jobs of a running node (APScheduler 3.x): audit checkpoints, trust reloads, the
 outbox dispatcher (one job per peer, so a slow peer never holds up another) and its
-housekeeping.
+housekeeping, the webhook sender (one job per endpoint) and its housekeeping.
 
 Usage::
 
@@ -25,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.evidence import audit
 from gateway.network.dispatcher import Dispatcher
 from gateway.node.container import Node
+from gateway.node.webhooks import Sender
 
 __all__ = ["checkpoint_now", "reload_trust", "start"]
 
@@ -57,25 +58,46 @@ def _housekeeping(dispatcher: Dispatcher) -> None:
         log.warning("outbox.expired", deliveries=expired)
 
 
+def _send_webhooks(sender: Sender, agency: str) -> None:
+    try:
+        sender.run(agency)
+    except Exception:  # a job must not die silently: log it, the next tick tries again
+        log.exception("webhook.send_crashed", agency=agency)
+
+
+def _webhook_housekeeping(sender: Sender) -> None:
+    try:
+        expired = sender.housekeeping()
+    except Exception:
+        log.exception("webhook.housekeeping_crashed")
+        return
+    if expired:
+        log.warning("webhook.expired", notifications=expired)
+
+
 def start(
     node: Node,
     dispatcher: Dispatcher | None = None,
     *,
     primary: bool = True,
     jobs: Sequence[tuple[str, Callable[[], object], float]] = (),
+    webhooks: Sender | None = None,
 ) -> BackgroundScheduler:
     """Start the node's background jobs in a daemon thread.
 
     A node's other worker processes (``primary=False``, :mod:`gateway.api.supervisor`) only reload
     their trust files: the primary dispatches, keeps house and signs checkpoints.
+    ``webhooks``: the primary's webhook sender (:mod:`gateway.node.webhooks`), one job per
+    endpoint (a slow DMS never holds up another) and a housekeeping job.
     """
     peers = node.directory.neighbours() if node.directory is not None else ()
+    endpoints = node.settings.webhooks.endpoints if webhooks is not None else ()
     # "maximum number of running instances reached" is the design (one run per peer), not news
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     scheduler = BackgroundScheduler(
         daemon=True,
         timezone="UTC",
-        executors={"default": ThreadPoolExecutor(max_workers=len(peers) + 4)},
+        executors={"default": ThreadPoolExecutor(max_workers=len(peers) + len(endpoints) + 4)},
     )
     if dispatcher is not None:
         dispatcher.release_leases()
@@ -114,6 +136,28 @@ def start(
             args=[node],
             seconds=node.settings.audit.checkpoint_interval,
             id="audit-checkpoint",
+            max_instances=1,
+            coalesce=True,
+        )
+    if webhooks is not None:
+        webhooks.release_leases()
+        for endpoint in endpoints:
+            scheduler.add_job(
+                _send_webhooks,
+                "interval",
+                args=[webhooks, endpoint.agency],
+                seconds=node.settings.webhooks.tick_interval,
+                id=f"webhooks:{endpoint.agency}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        scheduler.add_job(
+            _webhook_housekeeping,
+            "interval",
+            args=[webhooks],
+            seconds=node.settings.delivery.housekeeping_interval,
+            id="webhooks-housekeeping",
             max_instances=1,
             coalesce=True,
         )

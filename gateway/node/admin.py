@@ -21,6 +21,7 @@ from sqlalchemy import select
 from gateway.agency import AgencyCode
 from gateway.errors import DeliveryNotFailed, DeliveryNotFound
 from gateway.evidence import audit
+from gateway.node import webhooks
 from gateway.node.container import LOCAL, Node
 from gateway.node.status import Requeue, TransportEvent, TransportState
 from gateway.node.timeline import TimelineWriter
@@ -120,6 +121,8 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                 )
         timelines = TimelineWriter(conn, node.name)
         timelines.load(row.document_seq for row in rows)
+        # (package seq, recipient) delivered to an inbox here by this requeue
+        arrived: list[tuple[int, str]] = []
         for row in rows:
             hop = node.next_hop(AgencyCode.parse(row.recipient))
             values: dict[str, Any] = {
@@ -143,6 +146,7 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                     actor=actor,
                 )
                 values["next_attempt_at"] = None
+                arrived.append((row.document_seq, row.recipient))
             else:
                 values["next_attempt_at"] = now
                 woken.add(hop)
@@ -156,6 +160,8 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                     detail={"id": row.id, "state": "changed"},
                 )
         timelines.flush()
+        # the DMS's nudge, in the transaction that puts the package in its inbox
+        webhooks.enqueue(conn, node, arrived)
         audit.append(
             conn, event="requeue", actor=actor, subject=None, data={"deliveries": sorted(found)}
         )

@@ -50,6 +50,7 @@ from gateway.evidence.attestations import make_attestation
 from gateway.evidence.attestations import summary as attestation_summary
 from gateway.evidence.nodekey import canonical_json
 from gateway.evidence.receipts import make_receipt
+from gateway.node import webhooks
 from gateway.node.container import LOCAL, Node
 from gateway.node.dedup import package_key
 from gateway.node.status import StatusReport, TransportState
@@ -351,6 +352,8 @@ def _insert(node: Node, conn: Connection, row: dict[str, Any], plan: _Plan, acto
     here = [r for r, hop in plan.hops if hop == LOCAL and r not in refusing]
     if here:
         entries.append(deliver_entry(node.name, row["id"], here))
+        # the DMS's nudge, in the transaction that puts the package in its inbox
+        webhooks.enqueue(conn, node, [(seq, r) for r in here], at=now)
     audit.append_many(conn, entries)
     return len(plan.hops)
 

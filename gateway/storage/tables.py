@@ -8,6 +8,9 @@
         │
         ├───< hops                    the signed hop records (in: how it came; out: where this
         │                             node sent it) and the next node's signed receipts
+        │
+        ├───< webhooks                one row per (package, hosted agency with a webhook): the
+        │                             signed notification to its DMS, and its retry schedule
     peers                             the directory: parent and children, as configured
     breakers                          the peers held down by the circuit breaker, since when
     systems                           the connected DMS of the hub API: systemid, agencies,
@@ -59,6 +62,7 @@ __all__ = [
     "metadata",
     "peers",
     "systems",
+    "webhooks",
 ]
 
 metadata = MetaData(
@@ -235,6 +239,36 @@ systems = Table(
     Column("disabled", Boolean, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: webhook notifications (:mod:`gateway.node.webhooks`): written in the transaction that delivers
+#: a package to a hosted agency's inbox, when ``[webhooks] endpoints`` has a URL for that agency;
+#: POSTed to it, retried with backoff until a 2xx, given up after ``max_attempts``/``max_age``
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    #: the ``webhook-id`` header: ``msg_<32 hex>``, the same on every attempt (idempotency key)
+    Column("message_id", String(40), nullable=False, unique=True),
+    Column("document_seq", _Id, ForeignKey("documents.seq"), nullable=False),
+    #: the hosted agency whose inbox the package landed in
+    Column("agency", String(32), nullable=False),
+    #: pending, sent or failed
+    Column("state", String(16), nullable=False),
+    #: the exact JSON body POSTed (and signed) on every attempt
+    Column("payload", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    #: when the next attempt is due (None once sent or failed)
+    Column("next_attempt_at", UTCDateTime()),
+    #: the last failure: ``HTTP 500``, ``ConnectError: ...``, ...
+    Column("last_error", Text),
+    #: a sender's claim: who holds the row and until when
+    Column("leased_by", String(128)),
+    Column("lease_until", UTCDateTime()),
+    UniqueConstraint("document_seq", "agency"),
+    Index(None, "agency", "state", "next_attempt_at"),
 )
 
 events = Table(
