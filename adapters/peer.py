@@ -66,8 +66,10 @@ class HttpsPeerTransport:
         """Relay ``items`` to ``peer``; one result per item, in order.
 
         Raises :class:`PeerUnavailable` when the batch should be tried again later (connection
-        refused, timeout, TLS failure, 5xx, an answer that cannot be read). A 4xx refusal of the
-        whole request becomes a failed result for every item, with the peer's code.
+        refused, timeout, TLS failure, 5xx, an answer that cannot be read); its
+        ``detail["sent"]`` is False only when the peer cannot have stored the batch. A 4xx
+        refusal of the whole request becomes a failed result for every item, with the peer's
+        code.
         """
         body = encode_batch(items)
         try:
@@ -77,12 +79,19 @@ class HttpsPeerTransport:
         except (httpx.TransportError, ssl.SSLError) as exc:
             raise PeerUnavailable(
                 f"{peer.name} cannot be reached: {type(exc).__name__}: {exc}",
-                detail={"peer": peer.name, "error": type(exc).__name__},
+                # "sent": whether the peer may have the batch (the outcome is unknown then)
+                detail={"peer": peer.name, "error": type(exc).__name__, "sent": _may_have(exc)},
             ) from None
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise PeerUnavailable(
                 f"{peer.name} answered {response.status_code}",
-                detail={"peer": peer.name, "status": response.status_code},
+                # 503 (not ready), 408 and 429 refuse before storing; another 5xx may come
+                # after the peer stored the batch
+                detail={
+                    "peer": peer.name,
+                    "status": response.status_code,
+                    "sent": response.status_code not in (503, 408, 429),
+                },
             )
         try:
             answer = response.json()
@@ -136,3 +145,9 @@ class HttpsPeerTransport:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+def _may_have(exc: BaseException) -> bool:
+    """Whether the peer may have stored the batch despite ``exc``: not when the connection was
+    never made (refused, unreachable, the TLS handshake failed), else it cannot be known."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | ssl.SSLError)

@@ -178,9 +178,11 @@ class HubClient:
                 f"{self.endpoint}/{operation}", content=body, headers=headers
             )
         except httpx.HTTPError as exc:
+            never = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise PeerUnavailable(
                 f"hub {self.endpoint} cannot be reached: {type(exc).__name__}",
-                detail={"operation": operation},
+                # "sent": whether the hub may have acted on it (unknown after the connection)
+                detail={"operation": operation, "sent": not never},
             ) from None
         try:
             answer = response.json()

@@ -1,1 +1,1 @@
-"""Benchmarks that print figures: envelopes, one node, the network, hostile input."""
+"""Benchmarks that print figures: envelopes, one node, the network, hostile input, the hub API."""

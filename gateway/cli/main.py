@@ -296,6 +296,56 @@ def bench_node(
     )
 
 
+@bench.command("hub")
+@click.option(
+    "--documents", default=2000, show_default=True, help="Documents pushed per API (timed)."
+)
+@click.option(
+    "--clients", default=16, show_default=True, help="Concurrent keep-alive HTTPS clients."
+)
+@click.option(
+    "--rounds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Runs of each API, alternating (own hub hub own ...).",
+)
+@click.option(
+    "--client",
+    "client",
+    default="bare",
+    show_default=True,
+    type=click.Choice(["bare", "httpx"]),
+    help="The HTTP client of both APIs: bare HTTP/1.1 on asyncio, or httpx.AsyncClient.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="The node's [server] workers (processes).",
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep PKI, config, database and log here.",
+)
+def bench_hub(
+    documents: int, clients: int, rounds: int, client: str, workers: int, keep: Path | None
+) -> None:
+    """sendEdoc through the hub API against the own API, one node (docs/s, p50/p99, CPU/doc)."""
+    from gateway.bench.hub import run_hub_bench
+
+    run_hub_bench(
+        documents,
+        clients,
+        rounds=rounds,
+        client="httpx" if client == "httpx" else "bare",
+        workers=workers,
+        keep=keep,
+    )
+
+
 @bench.command("hostile")
 @click.option(
     "--victim-documents",

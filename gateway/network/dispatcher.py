@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 import tenacity
@@ -93,6 +93,10 @@ class _Breaker:
     next_probe: float = 0.0
 
 
+#: a lease that does not end (rows built by hand in tests)
+_NEVER: Final = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 @dataclass(slots=True)
 class _Claimed:
     """Rows of one package claimed for one peer."""
@@ -106,6 +110,8 @@ class _Claimed:
     gid: str = ""
     #: a delivered notice: settled by the peer's receipt (:func:`outbox.mark_sent`)
     settles: bool = False
+    #: when this worker's lease on the rows ends
+    lease_until: dt.datetime = _NEVER
 
 
 @dataclass
@@ -230,6 +236,12 @@ class Dispatcher:
             return 0
         try:
             self._prepare(peer, claimed)
+            if self.node.now() >= claimed[0].lease_until:
+                # the lease ran out before the batch left (a stalled process): the rows may
+                # be another worker's or dead-lettered by now; never send what is not ours
+                log.warning("outbox.lease_lapsed", peer=peer.name, packages=len(claimed))
+                self._release(claimed)
+                return 0
             results = self.transport.send(peer, [c.item for c in claimed if c.item is not None])
         except PeerUnavailable as exc:
             self._failed(peer, claimed, exc, probe=probe)
@@ -271,6 +283,7 @@ class Dispatcher:
                 deliveries.c.attempts,
                 deliveries.c.created_at,
                 deliveries.c.next_attempt_at,
+                deliveries.c.outcome_unknown,
             )
             .where(pending)
             .order_by(deliveries.c.document_seq, deliveries.c.id)
@@ -317,6 +330,7 @@ class Dispatcher:
             )
         for c in claimed:
             c.rows = [r for r in c.rows if r.id in leased]
+            c.lease_until = now + dt.timedelta(seconds=delivery.lease)
         return [c for c in claimed if c.rows]
 
     def _prepare(self, peer: Peer, claimed: list[_Claimed]) -> None:
@@ -405,12 +419,17 @@ class Dispatcher:
         now = node.now()
         expired: list[Any] = []
         woken: set[str] = set()
+        # the batch may have reached the peer (sent, then the answer was lost or timed out):
+        # its rows are never dead-lettered while so, since the package may be delivered; they
+        # keep being retried until an answer settles it (a receipt, or a refusal)
+        sent = exc.detail.get("sent", True) is not False
         with node.writing() as conn:
             for c in claimed:
-                for row in c.rows:
+                for row in sorted(c.rows, key=lambda r: r.id):
                     attempts = row.attempts if probe else row.attempts + 1
                     too_old = (now - row.created_at).total_seconds() >= delivery.max_age
-                    if attempts >= delivery.max_attempts or too_old:
+                    unknown = sent or bool(row.outcome_unknown)
+                    if (attempts >= delivery.max_attempts or too_old) and not unknown:
                         expired.append(row)
                         continue
                     # only a row still waiting and still ours: a delivered notice may have
@@ -423,7 +442,13 @@ class Dispatcher:
                             "attempts": attempts,
                             "next_attempt_at": now
                             + dt.timedelta(seconds=backoff(node, max(attempts, 1))),
-                            "last_error": exc.message[:2000],
+                            "last_error": (
+                                f"{exc.message} (outcome unknown: {peer.name} may have it; "
+                                "retried until it answers, never reported failed)"
+                                if unknown
+                                else exc.message
+                            )[:2000],
+                            "outcome_unknown": unknown,
                             "leased_by": None,
                             "lease_until": None,
                             "updated_at": now,
@@ -632,6 +657,8 @@ class Dispatcher:
                         deliveries.c.next_attempt_at.is_not(None),
                         deliveries.c.state.in_(WAITING_STATES),
                         deliveries.c.created_at < oldest,
+                        # may be delivered (an answer was lost): never reported failed
+                        deliveries.c.outcome_unknown.is_(False),
                         or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
                     )
                 )

@@ -575,6 +575,7 @@ def mark_sent(
             "leased_by": None,
             "lease_until": None,
             "last_error": None,
+            "outcome_unknown": False,
             "attempts": deliveries.c.attempts + 1,
             "updated_at": node.now(),
         },

@@ -133,6 +133,7 @@ def requeue(node: Node, ids: Sequence[int], *, actor: str) -> list[int]:
                 "last_error": None,
                 "leased_by": None,
                 "lease_until": None,
+                "outcome_unknown": False,
             }
             # the rules say where a requeue leads (accepted); strict: the row said failed, so
             # a timeline that disagrees is a bug to stop at, not to write over

@@ -341,7 +341,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
         engine = engine_from_url("sqlite:///scratch.db", Path.cwd())
         upgrade(engine)
         with engine.begin() as conn:
-            command.revision(alembic_config(conn), "add x", autogenerate=True, rev_id="0006")
+            command.revision(alembic_config(conn), "add x", autogenerate=True, rev_id="0008")
 
     ``connection`` (in ``config.attributes["connection"]``) is what ``env.py`` migrates.
     """
@@ -365,7 +365,7 @@ def head_revision() -> str:
 
     Usage::
 
-        head_revision()   # "0006"
+        head_revision()   # "0007"
     """
     head = _scripts().get_current_head()
     if head is None:  # pragma: no cover - the package ships 0001_initial

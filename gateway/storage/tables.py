@@ -45,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -158,6 +159,9 @@ deliveries = Table(
     #: a dispatcher's claim: who holds the row and until when
     Column("leased_by", String(128)),
     Column("lease_until", UTCDateTime()),
+    #: an attempt may have reached the next node (its answer was lost): never dead-lettered
+    #: while so, since the package may be delivered (docs/network.md)
+    Column("outcome_unknown", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("document_seq", "recipient"),
     Index(None, "recipient", "state", "document_seq"),
     Index(None, "next_hop", "state", "next_attempt_at"),

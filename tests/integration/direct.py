@@ -37,7 +37,9 @@ class Direct:
     def send(self, peer: Peer, items: Sequence[RelayItem]) -> list[ItemResult]:
         self.calls.append(len(items))
         if self.down:
-            raise PeerUnavailable(f"{peer.name} cannot be reached: ConnectError")
+            raise PeerUnavailable(
+                f"{peer.name} cannot be reached: ConnectError", detail={"sent": False}
+            )
         body = encode_batch(items)
         if self.tamper:
             body = body[:-40] + bytes([body[-40] ^ 1]) + body[-39:]

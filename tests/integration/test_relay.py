@@ -488,6 +488,10 @@ def _delivered_cleanly(row: Any) -> None:
     assert (row.next_attempt_at, row.leased_by, row.lease_until) == (None, None, None), row
 
 
+#: a batch that never reached the peer (a lost answer is the other case: see the end)
+_REFUSED_CONNECTION = PeerUnavailable("connection refused", detail={"sent": False})
+
+
 def test_a_failed_batch_does_not_reschedule_a_row_the_delivered_notice_settled(
     pair: Pair,
 ) -> None:
@@ -497,12 +501,13 @@ def test_a_failed_batch_does_not_reschedule_a_row_the_delivered_notice_settled(
     first, second = _to_g12(pair)
     assert first.leased_by == pair.dispatcher.worker
     _deliver_by_notice(pair, first.document_seq, pair.clock.now)
-    pair.dispatcher._failed(CENTRAL, claimed, PeerUnavailable("timed out"), probe=False)
+    pair.dispatcher._failed(CENTRAL, claimed, _REFUSED_CONNECTION, probe=False)
     first, second = _to_g12(pair)
     _delivered_cleanly(first)
     assert first.attempts == 0 and first.last_error is None
     assert second.state == "accepted" and second.attempts == 1  # rescheduled as before
-    assert second.next_attempt_at > pair.clock.now and second.last_error == "timed out"
+    assert second.next_attempt_at > pair.clock.now
+    assert second.last_error == "connection refused"
     _assert_no_leases(pair.province)
     assert _notices(pair) == []
 
@@ -515,7 +520,7 @@ def test_a_last_attempt_does_not_fail_a_row_the_delivered_notice_settled(pair: P
     claimed = pair.dispatcher._claim(CENTRAL, probe=False)
     first, second = _to_g12(pair)
     _deliver_by_notice(pair, first.document_seq, pair.clock.now)
-    pair.dispatcher._failed(CENTRAL, claimed, PeerUnavailable("timed out"), probe=False)
+    pair.dispatcher._failed(CENTRAL, claimed, _REFUSED_CONNECTION, probe=False)
     first, second = _to_g12(pair)
     _delivered_cleanly(first)
     assert second.state == "failed" and second.attempts == 5
@@ -731,3 +736,76 @@ def _refused_then_verified(pair: Pair) -> None:
     pair.push(H49, [G12])
     pair.dispatcher.run_peer("central")
     assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1
+
+
+# --- a batch that may have reached the peer is never reported failed -------------------------
+
+
+class _LosesAnswers(Direct):
+    """The peer stores the batch, then its answer is lost (a read timeout after sending)."""
+
+    def send(self, peer: Peer, items: Any) -> Any:
+        super().send(peer, items)
+        raise PeerUnavailable(f"{peer.name} did not answer in time: ReadTimeout")
+
+
+def test_a_lost_answer_at_the_last_attempt_is_never_reported_failed(pair: Pair) -> None:
+    """Past its age budget, a batch whose answer was lost may be delivered: the row is not
+    dead-lettered and the sender gets no failure notice; it is retried, and the peer's
+    answer (a repeat's receipt) or its delivered notice settles it."""
+    pair.push(H49, [G12])
+    pair.clock.advance(6000)  # past max_age (5000 s)
+    losing = Dispatcher(
+        pair.province, _LosesAnswers(pair.transport.nodes, pair.province), monotonic=pair.ticks
+    )
+    losing.run_peer("central")
+    assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1  # central has it
+    (row,) = _rows(pair.province)
+    assert row.state == "accepted" and row.next_attempt_at is not None
+    assert row.outcome_unknown and "outcome unknown" in row.last_error
+    assert list_inbox(pair.province, _agency(pair, H49)).items == []  # no failure notice
+    pair.dispatcher.housekeeping()  # past max_age too: still not failed
+    assert _rows(pair.province)[0].state == "accepted"
+    # the next attempt gets central's answer: the original receipt, a repeat
+    pair.clock.advance(200)
+    assert pair.dispatcher.run_peer("central") == 1
+    (row,) = _rows(pair.province)
+    assert (row.state, row.outcome_unknown) == ("in_transit", False)
+    pair.central_dispatcher.run_peer("h49")
+    assert _rows(pair.province)[0].state == "delivered"
+    assert list_inbox(pair.province, _agency(pair, H49)).items == []
+    assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1  # stored once
+
+
+def test_a_peer_down_before_anything_was_sent_is_still_dead_lettered(pair: Pair) -> None:
+    """The other side of the rule: a connection never made cannot have delivered anything,
+    so the budget still ends in a dead letter and a (true) failure notice."""
+    pair.transport.down = True
+    pair.push(H49, [G12])
+    pair.clock.advance(6000)
+    pair.dispatcher.run_peer("central")
+    (row,) = [r for r in _rows(pair.province) if r.recipient == G12 and r.next_hop == "central"]
+    assert (row.state, row.outcome_unknown) == ("failed", False)
+    assert [n["kind"] for n in list_inbox(pair.province, _agency(pair, H49)).items] == ["notice"]
+
+
+def test_a_batch_whose_lease_ran_out_before_sending_is_not_sent(pair: Pair) -> None:
+    """A stalled worker wakes after its lease: housekeeping has dead-lettered its rows (the
+    sender was told); the batch must not go out after all."""
+    pair.push(H49, [G12])
+    stalled = Dispatcher(pair.province, pair.transport, worker="stalled", monotonic=pair.ticks)
+    peer = Peer("central", "https://127.0.0.1:1")
+    claimed = stalled._claim(peer, probe=False)
+    assert claimed
+    pair.clock.advance(6000)  # the lease (120 s) and the age budget run out
+    pair.dispatcher.housekeeping()
+    assert _rows(pair.province)[0].state == "failed"
+    calls = len(pair.transport.calls)
+    original = stalled._claim
+    stalled._claim = lambda peer, probe: claimed  # type: ignore[method-assign]
+    try:
+        assert stalled._once(peer) == 0
+    finally:
+        stalled._claim = original  # type: ignore[method-assign]
+    assert len(pair.transport.calls) == calls  # nothing sent
+    assert list_inbox(pair.central, _agency(pair, G12)).items == []
