@@ -3,13 +3,15 @@ of ours serving the hub API), and what the demo and the benchmark drive one with
 
 It signs like the national SDK (HMAC-SHA256 over the compact JSON of the ``XroadVnpt-``
 parameters, :func:`sign_headers`), sends sendEdoc's body as the SDK does (the file, then one
-CRLF, with an unpadded ``hash-file``), and reads the trio. Unlike the SDK it keeps no stale
-parameters, uses a fresh timestamp per call, and gives every call a timeout.
+CRLF, with an unpadded ``hash-file``), and reads the trio: a FAIL raises
+:class:`~gateway.errors.PeerRefused`, the hub's code in ``detail["error_code"]``
+(:func:`hub_code`). Unlike the SDK it keeps no stale parameters, uses a fresh timestamp per
+call, and gives every call a timeout.
 
 Usage::
 
     with HubClient("https://hub.example/vdxp", "vxp.h49.01", secret, verify=ca_file) as hub:
-        doc_id = hub.send_edoc("000.00.01.H49", package)            # raises HubRefused
+        doc_id = hub.send_edoc("000.00.01.H49", package)     # PeerRefused: hub_code(exc)
         for item in hub.received("edoc"):
             data = hub.get_edoc(item["docId"])
             hub.update_status(item["docId"], "done")
@@ -32,21 +34,15 @@ import httpx
 from adapters.hub.wire import hash_file
 from gateway.errors import PeerRefused, PeerUnavailable
 
-__all__ = ["HubClient", "HubRefused", "sdk_timestamp", "sign_headers"]
+__all__ = ["HubClient", "hub_code", "sdk_timestamp", "sign_headers"]
 
 PREFIX = "XroadVnpt-"
 VERSION = "3.0.201608"
 
 
-class HubRefused(PeerRefused):
-    """The hub answered FAIL: ``code`` is its ErrorCode (our stable codes from a node of ours)."""
-
-    def __init__(self, operation: str, error_code: str, desc: str) -> None:
-        super().__init__(
-            f"{operation}: {error_code}: {desc}",
-            detail={"operation": operation, "error_code": error_code},
-        )
-        self.error_code = error_code
+def hub_code(exc: PeerRefused) -> str:
+    """The hub's own ErrorCode of a FAIL answer (our stable codes, from a node of ours)."""
+    return str(exc.detail.get("error_code") or exc.code)
 
 
 def sdk_timestamp(when: dt.datetime) -> str:
@@ -200,7 +196,10 @@ class HubClient:
                     f"hub {self.endpoint}: {operation} failed ({response.status_code})",
                     detail={"operation": operation, "status": response.status_code},
                 )
-            raise HubRefused(
-                operation, str(answer.get("ErrorCode", "")), str(answer.get("ErrorDesc", ""))
+            code, desc = str(answer.get("ErrorCode", "")), str(answer.get("ErrorDesc", ""))
+            # the hub's own code in detail["error_code"] (hub_code): the error tree is pinned
+            raise PeerRefused(
+                f"{operation}: {code}: {desc}"[:500],
+                detail={"operation": operation, "error_code": code},
             )
         return answer

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import structlog
 
-from adapters.hub.client import HubClient, HubRefused
+from adapters.hub.client import HubClient, hub_code
 from gateway.errors import ConfigError, GatewayError, PeerRefused, PeerUnavailable
 from gateway.network.dispatcher import Transport
 from gateway.network.hubin import hub_parent, store_from_hub
@@ -114,10 +114,8 @@ class HubAwareTransport:
             doc_id = client.send_edoc(
                 sender, item.body, messagetype="status" if item.kind == "status" else "edoc"
             )
-        except HubRefused as exc:
-            return ItemResult(
-                ok=False, code=exc.error_code or PeerRefused.code, message=exc.message
-            )
+        except PeerRefused as exc:
+            return ItemResult(ok=False, code=hub_code(exc), message=exc.message)
         if not doc_id:
             raise PeerUnavailable("the hub answered sendEdoc without a DocId")
         return ItemResult(ok=True, hub_doc_id=doc_id)

@@ -185,7 +185,7 @@ def _hub_pull(hub: HubClient, sender: str, document_id: str, signed: bytes) -> b
 
 def _hub_report(net: Network, hub: HubClient, sender: str, document_id: str, codes: str) -> None:
     """The district's DMS sends signed status packages with sendEdoc (messagetype status); a
-    refusal raises HubRefused."""
+    refusal raises PeerRefused (the hub's code: adapters.hub.client.hub_code)."""
     for code in codes.split():
         data = net.signed_status(DISTRICT, sender=sender, document_id=document_id, code=code)
         hub.send_edoc(DISTRICT, data, messagetype="status", to=[sender])

@@ -236,11 +236,7 @@ class Dispatcher:
             return 0
         try:
             self._prepare(peer, claimed)
-            if self.node.now() >= claimed[0].lease_until:
-                # the lease ran out before the batch left (a stalled process): the rows may
-                # be another worker's or dead-lettered by now; never send what is not ours
-                log.warning("outbox.lease_lapsed", peer=peer.name, packages=len(claimed))
-                self._release(claimed)
+            if self._lease_lapsed(peer, claimed):
                 return 0
             results = self.transport.send(peer, [c.item for c in claimed if c.item is not None])
         except PeerUnavailable as exc:
@@ -389,6 +385,16 @@ class Dispatcher:
                 receipts=[json.loads(h.receipt) for h in chain],
                 attestation=None if doc.attestation is None else json.loads(doc.attestation),
             )
+
+    def _lease_lapsed(self, peer: Peer, claimed: list[_Claimed]) -> bool:
+        """True (and the rows handed back) when this worker's lease ran out before its batch
+        left, as a stalled process's does: the rows may be another worker's, or dead-lettered
+        with the sender told, by now; what is not ours is never sent."""
+        if self.node.now() < min(c.lease_until for c in claimed):
+            return False
+        log.warning("outbox.lease_lapsed", peer=peer.name, packages=len(claimed))
+        self._release(claimed)
+        return True
 
     def _release(self, claimed: list[_Claimed]) -> None:
         with self.node.writing(chain=False) as conn:

@@ -466,7 +466,11 @@ class DeliveryMachine(RuleBasedStateMachine):
             self._hand_over(batch)
 
     def _hand_over(self, batch: Batch) -> None:
-        self._owner(batch)._prepare(self.peer, batch.claimed)
+        owner = self._owner(batch)
+        owner._prepare(self.peer, batch.claimed)
+        if owner._lease_lapsed(self.peer, batch.claimed):  # as its round checks before sending
+            self.batches.remove(batch)
+            return
         items = [c.item for c in batch.claimed if c.item is not None]
         batch.results = self._carrying(batch.step, lambda: self.link.send(self.peer, items))
 
@@ -479,6 +483,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.batches.remove(batch)
         dispatcher = self._owner(batch)
         dispatcher._prepare(self.peer, batch.claimed)
+        if dispatcher._lease_lapsed(self.peer, batch.claimed):
+            return
         self.link.mode("down")
         try:
             self.link.send(self.peer, [c.item for c in batch.claimed if c.item is not None])

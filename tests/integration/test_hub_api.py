@@ -23,8 +23,9 @@ from served import Served, serve_node
 from sqlalchemy import func, select
 from support import DevPKI
 
-from adapters.hub.client import HubClient, HubRefused
+from adapters.hub.client import HubClient, hub_code
 from gateway.agency import AgencyCode
+from gateway.errors import PeerRefused
 from gateway.evidence.attestations import verify_attestation
 from gateway.node.inbox import status_view
 from gateway.node.systems import add_system, disable_system
@@ -348,9 +349,9 @@ def test_the_nodes_own_hub_client_speaks_the_protocol(hub: Hub, pki: DevPKI) -> 
         assert receiver.received("edoc") == []
         assert [row["sendStatus"] for row in sender.sent(doc_id)] == ["acknowledged"]
         assert {a["code"] for a in sender.agencies()} >= {A, B}
-        with pytest.raises(HubRefused) as refused:
+        with pytest.raises(PeerRefused) as refused:
             sender.send_edoc(B, package)
-        assert refused.value.error_code == "AUTH_SYSTEM_AGENCY_FORBIDDEN"
+        assert hub_code(refused.value) == "AUTH_SYSTEM_AGENCY_FORBIDDEN"
     assert hub.secrets["vxp.a"] not in repr(sender)
 
 
