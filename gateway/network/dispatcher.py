@@ -318,6 +318,11 @@ class Dispatcher:
                     {
                         "leased_by": self.worker,
                         "lease_until": now + dt.timedelta(seconds=delivery.lease),
+                        # from now on the batch may reach the peer: should this process die
+                        # before it records the answer, the row must not look unsent (it would
+                        # be dead-lettered though the peer may have it). Settled by the answer;
+                        # handed back as it was when nothing was sent (_release, _failed)
+                        "outcome_unknown": True,
                     },
                     states=WAITING_STATES,
                     unleased_at=now,
@@ -397,17 +402,19 @@ class Dispatcher:
         return True
 
     def _release(self, claimed: list[_Claimed]) -> None:
+        """Hand rows back unsent: no lease, and ``outcome_unknown`` as it was before the
+        claim (nothing of this attempt reached the peer)."""
+        rows = [r for c in claimed for r in c.rows]
         with self.node.writing(chain=False) as conn:
-            conn.execute(
-                update(deliveries)
-                .where(
-                    and_(
-                        deliveries.c.id.in_([r.id for c in claimed for r in c.rows]),
-                        deliveries.c.leased_by == self.worker,
-                    )
+            for unknown in (False, True):
+                ids = [r.id for r in rows if bool(r.outcome_unknown) is unknown]
+                if not ids:
+                    continue
+                conn.execute(
+                    update(deliveries)
+                    .where(and_(deliveries.c.id.in_(ids), deliveries.c.leased_by == self.worker))
+                    .values(leased_by=None, lease_until=None, outcome_unknown=unknown)
                 )
-                .values(leased_by=None, lease_until=None)
-            )
 
     def _failed(
         self, peer: Peer, claimed: list[_Claimed], exc: GatewayError, *, probe: bool

@@ -488,6 +488,7 @@ def dead_letter(
                     "next_attempt_at": None,
                     "leased_by": None,
                     "lease_until": None,
+                    "outcome_unknown": False,
                     "last_error": reason[:2000],
                     "updated_at": now,
                 },
