@@ -244,6 +244,9 @@ class GatewayError(Exception):
     def __init__(self, message: str | None = None, *, detail: dict[str, Any] | None = None):
         self.message = message or self.default_message()
         self.detail: dict[str, Any] = dict(detail or {})
+        #: the refusal is already in the audit log (ingest's ``refuse`` entry): an edge that
+        #: audits its own refusals does not write a second entry
+        self.audited = False
         super().__init__(self.message)
 
     @classmethod

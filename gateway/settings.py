@@ -149,6 +149,8 @@ RANGES: dict[str, _Range] = {
     # 0: a rotated-out secret stops working at once
     "hub.rotate_grace": _Range(0, MAX_ROTATE_GRACE, why="a rotated-out secret dies within a year"),
     "hub.request_deadline": _POSITIVE,
+    "hub.port": _Range(0, 65535),  # 0: no listener of its own
+    "hub.keepalive_timeout": _ONE_OR_MORE,
     "webhooks.tick_interval": _POSITIVE,
     "webhooks.timeout": _POSITIVE,
     "webhooks.max_attempts": _ONE_OR_MORE,
@@ -407,6 +409,18 @@ class HubSettings:
     #: agencies hosted here that refuse packages whose sender signature was not verified
     #: (accepted somewhere under the ``attest`` policy): their delivery fails, the sender is told
     refuse_attested: tuple[str, ...] = ()
+    #: 0: served on the node's listener under ``prefix``; else the port of a listener of its
+    #: own, serving the hub API only (TLS server authentication only)
+    port: int = 0
+    #: that listener's address; "" (unset): the ``[server] host``
+    host: str = ""
+    #: that listener's certificate and key (the name DMS put in their endpoint URL); unset: the
+    #: ``[tls]`` ones
+    cert: Path | None = None
+    key: Path | None = None
+    #: seconds an idle kept-alive connection stays open on that listener (the SDK leaves the
+    #: connections of its list calls open)
+    keepalive_timeout: int = 5
 
     def key_path(self, base_dir: Path) -> Path:
         """``secrets_key_file``, a relative one taken in ``base_dir`` (``Settings.base_dir``)."""
@@ -776,10 +790,26 @@ def _validate_hub(settings: Settings) -> None:
             f'[hub] prefix must be a URL path starting with "/" (e.g. "/vdxp"), not {hub.prefix!r}',
             detail={"key": "hub.prefix"},
         )
-    if hub.prefix.rstrip("/") in ("", "/api"):
+    if hub.port == 0 and hub.prefix.rstrip("/") in ("", "/api"):
         raise ConfigError(
-            f'[hub] prefix {hub.prefix!r} would hide the node\'s own API: use e.g. "/vdxp"',
+            f'[hub] prefix {hub.prefix!r} would hide the node\'s own API: use e.g. "/vdxp", '
+            "or give the hub API a listener of its own ([hub] port)",
             detail={"key": "hub.prefix"},
+        )
+    if (
+        hub.port != 0
+        and hub.port == settings.server.port
+        and hub.host in ("", settings.server.host)
+    ):
+        raise ConfigError(
+            f"[hub] port {hub.port} is the node's own listener's: choose another, or 0 to serve "
+            "the hub API on the node's listener",
+            detail={"key": "hub.port"},
+        )
+    if (hub.cert is None) != (hub.key is None):
+        raise ConfigError(
+            "[hub] cert and key go together: set both, or neither to use [tls] cert and key",
+            detail={"key": "hub.cert" if hub.cert is None else "hub.key"},
         )
     strangers = [code for code in hub.refuse_attested if code not in settings.node.agencies]
     if strangers:

@@ -3,9 +3,11 @@ for its endpoint URL, systemid and secret (HUB-PROTOCOL.md; docs/hub.md).
 
 Served by ``gateway serve`` under ``[hub] prefix`` on the node's HTTPS listener: the
 :class:`HubPrefix` middleware takes every request whose path, repeated ``/`` folded, is under
-the prefix, before the node's own routes see it. TLS authenticates the server only (the SDK
-presents no client certificate); each request authenticates with its signed headers
-(:func:`gateway.node.systems.authenticate`), before a byte of its body is read.
+the prefix, before the node's own routes see it. Or, with ``[hub] port``, on a listener of its
+own that serves nothing else (:class:`HubOnly`; ``gateway.api.server.make_hub_config``).
+TLS authenticates the server only (the SDK presents no client certificate); each request
+authenticates with its signed headers (:func:`gateway.node.systems.authenticate`), before a
+byte of its body is read.
 
 Every outcome is the trio (:mod:`adapters.hub.wire`): success, refusal (the stable code in
 ``ErrorCode``), unknown operation (404), wrong method (405), authentication failure, a request
@@ -46,7 +48,7 @@ from gateway.node.ingest import Accepted, Attest, ingest_document, ingest_status
 from gateway.node.systems import Authenticated, authenticate
 from gateway.trust.caller import Identity
 
-__all__ = ["HubApp", "HubPrefix"]
+__all__ = ["HubApp", "HubOnly", "HubPrefix"]
 
 log = structlog.get_logger("gateway.hub")
 
@@ -202,9 +204,10 @@ class HubApp:
         return Response(trio_ok(DocId=accepted.id), media_type=_JSON)
 
     def _audit_refusal(self, auth: Authenticated, operation: str, exc: GatewayError) -> None:
-        """A refusal after authentication, audited (ingest audits its own: ``refuse``)."""
-        if exc.code.startswith(("XML_", "SCHEMA_", "ENVELOPE_", "SIGNATURE_", "CERT_")):
-            return  # ingest's refusal entry has it
+        """A refusal after authentication, audited once: one ingest already audited
+        (``refuse``) is not written again."""
+        if exc.audited:
+            return
         with self.node.writing() as conn:
             audit.append(
                 conn,
@@ -239,3 +242,23 @@ class HubPrefix:
                 await self.hub.serve(operation, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class HubOnly:
+    """The ASGI app of the hub API's own listener (``[hub] port``): every request is the
+    hub's. A path under the prefix names its operation; any other path (the node's own API is
+    not served here) is answered like an unknown operation, a 404 trio."""
+
+    def __init__(self, hub: HubApp) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = _SLASHES.sub("/", scope["path"])
+        prefix = self.hub.prefix
+        if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+            operation = path[len(prefix) :].strip("/") if prefix != "/" else path.strip("/")
+        else:
+            operation = path
+        await self.hub.serve(operation, scope, receive, send)

@@ -35,7 +35,6 @@ from gateway.errors import (
     GatewayError,
     ParametersInvalid,
 )
-from gateway.evidence import audit
 from gateway.node.container import Node, directory_view
 from gateway.node.inbox import acknowledge, fetch, list_inbox, status_view
 from gateway.node.systems import Authenticated, check_agency
@@ -137,14 +136,19 @@ def download(node: Node, auth: Authenticated) -> bytes:
     return _fetch(node, auth)
 
 
-#: updateStatus values and what they do to the recipient's delivery
-_UPDATES = ("done", "fail", "processing")
+#: updateStatus values: the description of the transport event each records, on this node's
+#: timeline and, by a progress notice, on the sender's node
+_UPDATES = {
+    "done": "done: the agency's system has the package (updateStatus)",
+    "fail": "fail: the agency's system could not process the package (updateStatus)",
+    "processing": "processing: the agency's system is processing the package (updateStatus)",
+}
 
 
 def update_status(node: Node, auth: Authenticated, _body: bytes) -> dict[str, Any]:
-    """updateStatus: ``done`` and ``fail`` acknowledge the package (it leaves the list; ``fail``
-    is audited as the DMS's failure to process it), ``processing`` keeps it (fetched).
-    Idempotent: the SDK retries."""
+    """updateStatus: ``done`` and ``fail`` acknowledge the package (it leaves the list),
+    ``processing`` keeps it (fetched); each is recorded with its word, here and for the
+    sender. Idempotent: the SDK retries."""
     doc_id = doc_id_param(auth.params, strict=True)
     value = (auth.param("status") or "").strip().lower()
     if value not in _UPDATES:
@@ -155,26 +159,13 @@ def update_status(node: Node, auth: Authenticated, _body: bytes) -> dict[str, An
     for caller in _identities(node, auth):
         try:
             if value == "processing":
-                fetch(node, caller, doc_id)
+                fetch(node, caller, doc_id, note=_UPDATES[value])
             else:
-                acknowledge(node, caller, doc_id)
-                if value == "fail":
-                    _audit_fail(node, caller, doc_id)
+                acknowledge(node, caller, doc_id, note=_UPDATES[value])
             return {}
         except DocumentNotFound as exc:
             last = exc
     raise last
-
-
-def _audit_fail(node: Node, caller: Identity, doc_id: str) -> None:
-    with node.writing() as conn:
-        audit.append(
-            conn,
-            event="hub_update_fail",
-            actor=str(caller),
-            subject=doc_id,
-            data={"status": "fail"},
-        )
 
 
 def sent_list(node: Node, auth: Authenticated, _body: bytes) -> dict[str, Any]:
@@ -196,10 +187,8 @@ def sent_list(node: Node, auth: Authenticated, _body: bytes) -> dict[str, Any]:
             (e["at"] for e in events if e["kind"] == "transport" and e["code"] == "delivered"),
             None,
         )
-        failed = next(
-            (e for e in reversed(events) if e["kind"] == "transport" and e["code"] == "failed"),
-            None,
-        )
+        # the latest transport news: a failure's reason, or the DMS's word (done, fail, ...)
+        latest = next((e for e in reversed(events) if e["kind"] == "transport"), None)
         last_status = next((e for e in reversed(events) if e["kind"] == "status"), None)
         rows.append(
             {
@@ -212,7 +201,7 @@ def sent_list(node: Node, auth: Authenticated, _body: bytes) -> dict[str, Any]:
                 "sentTime": view["received_at"],
                 "receivedTime": delivered,
                 "sendStatus": entry["transport"],
-                "sendStatusDesc": (failed or {}).get("description") or entry["transport"],
+                "sendStatusDesc": (latest or {}).get("description") or entry["transport"],
                 "receiveStatus": entry["status"],
                 "receiveStatusDesc": (last_status or {}).get("description"),
             }

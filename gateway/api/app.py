@@ -8,7 +8,8 @@ assembled from one router per audience.
 :mod:`gateway.api.admin`                 the node's operators: deliveries, requeue
 :mod:`gateway.api.operations`            load balancers: ``/healthz``, ``/readyz``
 :mod:`adapters.hub`                      DMS on the national SDK (``[hub] enabled``): the
-                                         hub protocol under ``[hub] prefix``
+                                         hub protocol under ``[hub] prefix`` (or on a
+                                         listener of its own: :func:`create_hub_app`)
 =======================================  =================================================
 
 They share :mod:`gateway.api.edge` (the caller dependencies and the app's :class:`Edge`),
@@ -45,7 +46,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from adapters.hub.app import HubApp, HubPrefix
+from adapters.hub.app import HubApp, HubOnly, HubPrefix
 from gateway import __version__
 from gateway.api import admin, agency, operations, relay
 from gateway.api.edge import Edge
@@ -53,7 +54,7 @@ from gateway.api.models import ERROR_RESPONSES
 from gateway.api.refusals import LastResort, install_refusals
 from gateway.node.container import Node
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_hub_app"]
 
 
 def create_app(node: Node) -> FastAPI:
@@ -76,18 +77,30 @@ def create_app(node: Node) -> FastAPI:
         app.include_router(router)
     _refuse_body_parameters(app)
     app.add_middleware(LastResort)
-    if node.settings.hub.enabled:
+    if node.settings.hub.enabled and node.settings.hub.port == 0:
         # outermost: a request under the hub prefix is the hub's, trio and all (adapters.hub)
-        edge: Edge = app.state.edge
-        app.add_middleware(
-            HubPrefix,
-            hub=HubApp(
-                node,
-                upload=lambda caller, read, work: edge.lanes.upload(caller, read=read, work=work),
-                upload_limit=edge.upload_limit,
-            ),
-        )
+        app.add_middleware(HubPrefix, hub=_hub(node, app.state.edge))
     return app
+
+
+def create_hub_app(node: Node, app: FastAPI) -> HubOnly | None:
+    """The ASGI app of the hub API's own listener (``[hub] port``), sharing ``app``'s upload
+    lanes (same process, same CPU budget); None when the hub API has no listener of its own.
+
+    Usage: ``server.make_hub_config(create_hub_app(node, app), settings)``
+    """
+    hub = node.settings.hub
+    if not hub.enabled or hub.port == 0:
+        return None
+    return HubOnly(_hub(node, app.state.edge))
+
+
+def _hub(node: Node, edge: Edge) -> HubApp:
+    return HubApp(
+        node,
+        upload=lambda caller, read, work: edge.lanes.upload(caller, read=read, work=work),
+        upload_limit=edge.upload_limit,
+    )
 
 
 def _refuse_body_parameters(app: FastAPI) -> None:

@@ -73,6 +73,8 @@ __all__ = [
     "TLSH11Protocol",
     "TLSHttpToolsProtocol",
     "make_config",
+    "make_hub_config",
+    "make_hub_ssl_context",
     "make_ssl_context",
     "run",
     "tls_extension",
@@ -349,6 +351,80 @@ def make_config(
     )
 
 
+def make_hub_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the hub API's own listener (``[hub] port``): server authentication
+    only, no client certificate asked for (the SDK has none), with ``[hub] cert`` and ``key``
+    or else ``[tls]``'s. None (plain HTTP) only behind a trusted TLS-terminating proxy, like
+    the node's listener. Raises :class:`ConfigError` on an unreadable file or no certificate.
+
+    Usage: ``context = make_hub_ssl_context(settings)``
+    """
+    hub, tls = settings.hub, settings.tls
+    cert, key = (hub.cert, hub.key) if hub.cert is not None else (tls.cert, tls.key)
+    if cert is None:
+        if not tls.trusted_proxies:
+            raise ConfigError(
+                "the hub API's listener has no certificate: set [hub] cert and key (or [tls] "
+                "cert and key), or run behind a TLS-terminating proxy listed in [tls] "
+                "trusted_proxies",
+                detail={"key": "hub.cert"},
+            )
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the hub listener's certificate {cert} / key {key}: {exc}",
+            detail={"key": "hub.cert" if hub.cert is not None else "tls.cert"},
+        ) from None
+    return context
+
+
+def make_hub_config(
+    app: Any, settings: Settings, *, http: Literal["httptools", "h11"] = "httptools"
+) -> uvicorn.Config | None:
+    """The uvicorn configuration of the hub API's own listener, loaded; None when the hub API
+    has none (``[hub] port = 0``: it is served on the node's listener).
+
+    The same protocol classes and ``[server]`` limits as the node's listener; its own TLS
+    context (:func:`make_hub_ssl_context`) and ``[hub] keepalive_timeout``. It is served by
+    the node's :class:`GatewayServer`, in the same processes and event loop.
+    """
+    hub = settings.hub
+    if not hub.enabled or hub.port == 0:
+        return None
+    context = make_hub_ssl_context(settings)
+    limits = HTTPLimits.from_settings(settings.server)
+    protocol: type[asyncio.Protocol] = (
+        _with_limits(TLSHttpToolsProtocol, limits)
+        if http == "httptools"
+        else _with_limits(TLSH11Protocol, limits)
+    )
+    config = uvicorn.Config(
+        app,
+        host=hub.host or settings.server.host,
+        port=hub.port,
+        http=protocol,
+        loop="uvloop",
+        ws="none",
+        lifespan="off",
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        server_header=False,
+        access_log=settings.logging.access_log,
+        timeout_keep_alive=hub.keepalive_timeout,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        log_config=None,
+        log_level=settings.logging.level,
+        ssl_context_factory=((lambda _config, _default: context) if context is not None else None),
+    )
+    config.load()
+    return config
+
+
 _P = TypeVar("_P", TLSHttpToolsProtocol, TLSH11Protocol)
 
 
@@ -377,17 +453,53 @@ class GatewayServer(uvicorn.Server):
         *,
         ready_file: Path | None = None,
         on_started: Callable[[], None] | None = None,
+        hub: uvicorn.Config | None = None,
+        hub_socket: socket.socket | None = None,
     ) -> None:
         super().__init__(config)
         self.ready_file = ready_file
         self.on_started = on_started
+        #: the hub API's own listener (:func:`make_hub_config`), on ``hub_socket`` when the
+        #: supervisor bound it, else bound here
+        self.hub = hub
+        self.hub_socket = hub_socket
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and self.hub is not None:
+            await self._start_hub(self.hub)
         if self.started and self.ready_file is not None:
-            _write_ready(self.ready_file, self.servers[0].sockets[0], is_ssl=self.config.is_ssl)
+            _write_ready(
+                self.ready_file,
+                self.servers[0].sockets[0],
+                is_ssl=self.config.is_ssl,
+                hub=self.servers[1].sockets[0] if self.hub is not None else None,
+            )
         if self.started and self.on_started is not None:
             self.on_started()
+
+    async def _start_hub(self, hub: uvicorn.Config) -> None:
+        """Listen for the hub API too: its own protocol instances, served by this server's
+        loop, counted in its connections (so a stop closes them like the others)."""
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return hub.http_protocol_class(  # type: ignore[call-arg]
+                config=hub,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        if self.hub_socket is not None:
+            listener = await loop.create_server(
+                create_protocol, sock=self.hub_socket, ssl=hub.ssl, backlog=hub.backlog
+            )
+        else:
+            listener = await loop.create_server(
+                create_protocol, host=hub.host, port=hub.port, ssl=hub.ssl, backlog=hub.backlog
+            )
+        self.servers.append(listener)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -409,8 +521,9 @@ def run(app: Any, settings: Settings, *, ready_file: Path | None = None) -> None
     GatewayServer(make_config(app, settings), ready_file=ready_file).run()
 
 
-def _write_ready(path: Path, sock: Any, *, is_ssl: bool) -> None:
-    """Write ``{"pid", "host", "port", "scheme"}`` for the listening ``sock`` atomically."""
+def _write_ready(path: Path, sock: Any, *, is_ssl: bool, hub: Any = None) -> None:
+    """Write ``{"pid", "host", "port", "scheme"}`` for the listening ``sock`` atomically, and
+    ``hub_port`` when the hub API listens on a socket of its own."""
     host, port = sock.getsockname()[:2]
     info = {
         "pid": os.getpid(),
@@ -418,6 +531,8 @@ def _write_ready(path: Path, sock: Any, *, is_ssl: bool) -> None:
         "port": port,
         "scheme": "https" if is_ssl else "http",
     }
+    if hub is not None:
+        info["hub_port"] = hub.getsockname()[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as out:

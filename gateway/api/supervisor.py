@@ -101,14 +101,21 @@ def _serve(
     node: Node,
     *,
     sockets: list[socket.socket] | None = None,
+    hub_socket: socket.socket | None = None,
     primary: bool = True,
     on_started: Callable[[], None] | None = None,
 ) -> None:
-    """One serving process: the app, its background jobs, uvicorn."""
-    from gateway.api.app import create_app
+    """One serving process: the app (and the hub API's own listener, ``[hub] port``), its
+    background jobs, uvicorn."""
+    from gateway.api.app import create_app, create_hub_app
     from gateway.network.scheduler import checkpoint_now, start
 
-    config = server.make_config(create_app(node), node.settings)
+    app = create_app(node)
+    config = server.make_config(app, node.settings)
+    hub_app = create_hub_app(node, app)
+    hub_config = server.make_hub_config(hub_app, node.settings) if hub_app is not None else None
+    if hub_config is not None and hub_socket is None:
+        hub_socket = _bind_hub(node.settings)  # before anything listens: a clear error
     dispatcher = None
     pulls: list[tuple[str, Callable[[], object], float]] = []
     if primary and node.directory is not None:
@@ -132,7 +139,9 @@ def _serve(
         webhooks = Sender(node, HttpsWebhookTransport(node.settings))
     scheduler = start(node, dispatcher, primary=primary, jobs=pulls, webhooks=webhooks)
     try:
-        server.GatewayServer(config, on_started=on_started).run(sockets)
+        server.GatewayServer(
+            config, on_started=on_started, hub=hub_config, hub_socket=hub_socket
+        ).run(sockets)
     finally:
         scheduler.shutdown(wait=False)
         if primary:
@@ -169,6 +178,11 @@ class Supervisor:
     def run(self) -> None:
         settings = self.settings
         sock = _bind(settings)
+        try:
+            hub_sock = _bind_hub(settings)
+        except BaseException:
+            sock.close()
+            raise
         # wake-ups for the primary's dispatcher, and "worker i is serving" for this process
         wake_read, wake_write = os.pipe()
         ready_read, ready_write = os.pipe()
@@ -188,7 +202,7 @@ class Supervisor:
                 now = time.monotonic()
                 for worker in self._workers:
                     if worker.pid == 0 and now >= worker.not_before:
-                        self._fork(worker, sock, (wake_read, wake_write), ready_write)
+                        self._fork(worker, (sock, hub_sock), (wake_read, wake_write), ready_write)
                 self._read_ready(ready_read)
                 self._reap()
                 time.sleep(0.1)
@@ -199,13 +213,19 @@ class Supervisor:
             for fd in (wake_read, wake_write, ready_read, ready_write):
                 os.close(fd)
             sock.close()
+            if hub_sock is not None:
+                hub_sock.close()
             log.info("supervisor.stopped", pid=os.getpid())
 
     def _on_stop(self, signum: int, _frame: Any) -> None:
         self._stopping = True
 
     def _fork(
-        self, worker: _Worker, sock: socket.socket, wake: tuple[int, int], ready: int
+        self,
+        worker: _Worker,
+        sock: tuple[socket.socket, socket.socket | None],
+        wake: tuple[int, int],
+        ready: int,
     ) -> None:
         supervisor = os.getpid()
         pid = os.fork()
@@ -310,7 +330,19 @@ def _bind(settings: Settings) -> socket.socket:
     seconds (they die with their supervisor, a moment after it); any other failure, or a port
     that stays taken, is a :class:`ConfigError` naming ``[server]``.
     """
-    host, port = settings.server.host, settings.server.port
+    return _bind_to(settings.server.host, settings.server.port, "server")
+
+
+def _bind_hub(settings: Settings) -> socket.socket | None:
+    """The hub API's own listening socket (``[hub] port``), like :func:`_bind`; None when it is
+    served on the node's listener."""
+    hub = settings.hub
+    if not hub.enabled or hub.port == 0:
+        return None
+    return _bind_to(hub.host or settings.server.host, hub.port, "hub")
+
+
+def _bind_to(host: str, port: int, section: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + _BIND_SECONDS
     while True:
@@ -324,8 +356,8 @@ def _bind(settings: Settings) -> socket.socket:
                 time.sleep(0.1)
                 continue
             raise ConfigError(
-                f"[server] cannot listen on {host}:{port}: {exc.strerror}",
-                detail={"key": "server.port"},
+                f"[{section}] cannot listen on {host}:{port}: {exc.strerror}",
+                detail={"key": f"{section}.port"},
             ) from None
         sock.set_inheritable(True)
         return sock
@@ -338,7 +370,7 @@ def _worker_main(
     settings: Settings,
     index: int,
     supervisor: int,
-    sock: socket.socket,
+    socks: tuple[socket.socket, socket.socket | None],
     wake: tuple[int, int],
     ready: int,
 ) -> None:
@@ -360,7 +392,8 @@ def _worker_main(
         with contextlib.suppress(OSError):
             os.write(ready, bytes([index]))
 
-    _serve(node, sockets=[sock], primary=primary, on_started=started)
+    sock, hub_sock = socks
+    _serve(node, sockets=[sock], hub_socket=hub_sock, primary=primary, on_started=started)
 
 
 def _send_wake(fd: int, peers: Iterable[str]) -> None:

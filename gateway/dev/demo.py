@@ -310,7 +310,9 @@ def _exchange(net: Network, checks: _Checks, hub: HubClient) -> list[tuple[str, 
 
     def answered() -> dict[str, Any] | None:
         rows = hub.sent(doc_id)
-        return rows[0] if len(rows) == 1 and rows[0].get("receiveStatus") == "03" else None
+        done = len(rows) == 1 and rows[0].get("receiveStatus") == "03"
+        # the commune's DMS acknowledged it: a progress notice brings that back too
+        return rows[0] if done and rows[0].get("sendStatus") == "acknowledged" else None
 
     row = _within(answered) or next(iter(hub.sent(doc_id)), {})
     click.echo(
@@ -319,8 +321,8 @@ def _exchange(net: Network, checks: _Checks, hub: HubClient) -> list[tuple[str, 
     )
     checks(
         (row.get("toCode"), row.get("sendStatus"), row.get("receiveStatus"))
-        == (COMMUNE, "delivered", "03"),
-        f"getSentEdocList shows it delivered to {COMMUNE}, last status 03",
+        == (COMMUNE, "acknowledged", "03"),
+        f"getSentEdocList shows it acknowledged by {COMMUNE}'s DMS, last status 03",
     )
     return [
         (COMMUNE, up["id"], "report"),

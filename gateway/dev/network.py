@@ -202,12 +202,14 @@ class Network:
 
     def hub_endpoint(self, name: str) -> str:
         """The URL a DMS on the national SDK puts in its settings to reach node ``name``'s hub
-        API (``https://127.0.0.1:PORT/vdxp``); ValueError when the node does not serve it.
-        Read as the node reads it: its settings file and ``GATEWAY_*`` variables."""
+        API (``https://127.0.0.1:PORT/vdxp``, the port ``[hub] port`` when the hub API has a
+        listener of its own); ValueError when the node does not serve it. Read as the node
+        reads it: its settings file and ``GATEWAY_*`` variables."""
         hub = load_settings(self.nodes[name].config, environ=dict(os.environ)).hub
         if not hub.enabled:
             raise ValueError(f"node {name} does not serve the hub API ([hub] enabled = false)")
-        return self.url(name) + hub.prefix.rstrip("/")
+        base = self.url(name) if hub.port == 0 else f"https://127.0.0.1:{hub.port}"
+        return base + hub.prefix.rstrip("/")
 
     def systems_add_command(
         self, name: str, systemid: str, agencies: Sequence[str], *, policy: str = "require"

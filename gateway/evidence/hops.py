@@ -50,9 +50,11 @@ from gateway.evidence.sealed import open_sealed, seal, trusted_chain
 from gateway.trust.store import TrustStore
 
 __all__ = [
+    "CONFIRMATIONS",
     "HOP_VERSION",
     "MAX_HOPS",
     "NOTICE_EVENTS",
+    "PROGRESS_STATES",
     "hop_digest",
     "sign_hop",
     "sign_notice",
@@ -73,8 +75,14 @@ _NOTICE_FIELDS: Final = frozenset(
     {"v", "event", "kind", "sender", "document_id", "sha256", "recipients", "node", "code"}
     | {"message", "at", "failed_hop", "path", "items"}
 )
-#: what a notice reports
-NOTICE_EVENTS: Final = ("delivered", "failed")
+#: what a notice reports: packages delivered, a delivery given up, or what recipients' systems
+#: did with delivered packages (``progress``: fetched, acknowledged)
+NOTICE_EVENTS: Final = ("delivered", "failed", "progress")
+#: the transport states a progress notice reports
+PROGRESS_STATES: Final = ("fetched", "acknowledged")
+#: notices every node on their way applies, ending at their sender's node: the next node's
+#: receipt settles each hop (a confirmation of a confirmation would never end)
+CONFIRMATIONS: Final = ("delivered", "progress")
 #: the fields of each item of a delivered notice (plus ``kind: "notice"`` for a notice that
 #: reached its sender's node; a package otherwise)
 _ITEM_FIELDS: Final = frozenset({"document_id", "sha256", "recipients", "path"})
@@ -280,7 +288,9 @@ def sign_notice(
     package in ``items`` as ``{document_id, sha256, recipients, path}``, ``path`` the hops it
     took, ``[from, to, at]`` each; a failure notice that reached its sender's node is an item
     with ``kind: "notice"``, and such a delivered notice travels back to the node that gave
-    up)."""
+    up), or what the recipients' systems did with delivered packages (``event="progress"``:
+    each item also has ``events``, ``[state, at, description]`` each, the state ``fetched`` or
+    ``acknowledged``)."""
     if event not in NOTICE_EVENTS:
         raise ValueError(f"a notice reports one of {NOTICE_EVENTS}, not {event!r}")
     return seal(
@@ -305,6 +315,26 @@ def sign_notice(
     )
 
 
+def _progress_events(events: Any) -> bool:
+    """``events`` of a progress item: a non-empty list of [state, at, description] strings,
+    each state fetched or acknowledged, each time ISO 8601."""
+    if not isinstance(events, list) or not events:
+        return False
+    for event in events:
+        if not (
+            isinstance(event, list)
+            and len(event) == 3
+            and all(isinstance(x, str) for x in event)
+            and event[0] in PROGRESS_STATES
+        ):
+            return False
+        try:
+            parse_utc(event[1])
+        except ValueError:
+            return False
+    return True
+
+
 def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
     """Check a failure notice's shape, signature and node certificate; return its fields."""
     fields = notice.get("notice") if isinstance(notice, Mapping) else None
@@ -321,17 +351,22 @@ def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
     ):
         raise HopChainBroken("a notice's path is a list of [from, to, at]")
     items = fields["items"]
+    progress = fields["event"] == "progress"
     if not isinstance(items, list) or not all(
         isinstance(item, dict)
-        and set(item) - {"kind"} == _ITEM_FIELDS
+        and set(item) - {"kind", "events"} == _ITEM_FIELDS
+        and ("events" in item) == progress
         and item.get("kind", "package") in ("package", "notice")
         and isinstance(item["recipients"], list)
+        and all(isinstance(r, str) for r in item["recipients"])
         and isinstance(item["path"], list)
+        and (not progress or _progress_events(item["events"]))
         for item in items
     ):
         raise HopChainBroken(
-            "a notice's items are {document_id, sha256, recipients, path}, and kind "
-            "'notice' for a notice that arrived"
+            "a notice's items are {document_id, sha256, recipients, path}, kind 'notice' for "
+            "a notice that arrived, and events [[state, at, description], ...] in a progress "
+            "notice"
         )
     try:
         at = parse_utc(fields["at"])

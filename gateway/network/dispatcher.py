@@ -45,22 +45,23 @@ from typing import Any, Final, Protocol
 
 import structlog
 import tenacity
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from gateway.errors import GatewayError, PeerUnavailable, ReceiptInvalid
 from gateway.evidence import audit
-from gateway.evidence.hops import sign_hop, trusted_chain
-from gateway.evidence.nodekey import canonical_json, certificates_from_pem, parse_utc
+from gateway.evidence.hops import CONFIRMATIONS, sign_hop, trusted_chain
+from gateway.evidence.nodekey import canonical_json, certificates_from_pem, format_utc, parse_utc
 from gateway.evidence.receipts import verify_receipt
-from gateway.network.outbox import dead_letter, mark_sent
+from gateway.network.outbox import dead_letter, mark_sent, progress_due, report_progress
 from gateway.network.routing import Peer
 from gateway.network.wire import ItemResult, RelayItem
 from gateway.node.container import Node
+from gateway.node.timeline import REQUEUED
 from gateway.node.transitions import WAITING_STATES, compare_and_set
-from gateway.storage.tables import breakers, deliveries, documents, hops
+from gateway.storage.tables import breakers, deliveries, documents, events, hops
 
 __all__ = ["Dispatcher", "Transport", "backoff"]
 
@@ -108,7 +109,7 @@ class _Claimed:
     position: int = 0
     sha256: str = ""
     gid: str = ""
-    #: a delivered notice: settled by the peer's receipt (:func:`outbox.mark_sent`)
+    #: a delivered or progress notice: settled by the peer's receipt (:func:`outbox.mark_sent`)
     settles: bool = False
     #: when this worker's lease on the rows ends
     lease_until: dt.datetime = _NEVER
@@ -203,6 +204,7 @@ class Dispatcher:
             self._dirty.discard(peer_name)
         sent = 0
         try:
+            self.report_progress(peer_name)
             while True:
                 progress = self._once(peer)
                 sent += max(progress, 0)
@@ -217,6 +219,18 @@ class Dispatcher:
             with self._lock:
                 self._running.discard(peer_name)
             raise
+
+    def report_progress(self, peer_name: str | None = None) -> None:
+        """Turn the fetches and acknowledgements owed to senders' nodes (of packages that came
+        from ``peer_name``; None: from anywhere) into progress notices, queued like any
+        package (:func:`outbox.report_progress`). The common case, nothing owed, is one read."""
+        node = self.node
+        with node.reader.connect() as conn:
+            if not progress_due(conn, peer=peer_name):
+                return
+        with node.writing() as conn:
+            woken = report_progress(conn, node, peer=peer_name)
+        node.wake(woken - {peer_name} if peer_name is not None else woken)
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -361,6 +375,27 @@ class Dispatcher:
                 .order_by(hops.c.document_seq, hops.c.position)
             ):
                 incoming.setdefault(r.document_seq, []).append(r)
+            # each claimed delivery ever requeued here: which requeue this is (their number
+            # and the latest's time, unique even when two share a clock reading)
+            requeues: dict[tuple[int, str], str] = {
+                (r.document_seq, r.recipient): f"{r.n}@{format_utc(r.at)}"
+                for r in conn.execute(
+                    select(
+                        events.c.document_seq,
+                        events.c.recipient,
+                        func.count().label("n"),
+                        func.max(events.c.at).label("at"),
+                    )
+                    .where(
+                        and_(
+                            events.c.document_seq.in_(seqs),
+                            events.c.kind == "transport",
+                            events.c.code == REQUEUED,
+                        )
+                    )
+                    .group_by(events.c.document_seq, events.c.recipient)
+                )
+            }
         now = node.now()
         for c in claimed:
             doc = docs[c.seq]
@@ -381,7 +416,7 @@ class Dispatcher:
             c.record, c.position, c.sha256, c.gid = record, len(chain) + 1, doc.sha256, doc.id
             c.settles = (
                 doc.kind == "notice"
-                and json.loads(bytes(doc.envelope))["notice"]["event"] == "delivered"
+                and json.loads(bytes(doc.envelope))["notice"]["event"] in CONFIRMATIONS
             )
             c.item = RelayItem(
                 kind=doc.kind,
@@ -389,6 +424,11 @@ class Dispatcher:
                 hops=[*(json.loads(h.record) for h in chain), record],
                 receipts=[json.loads(h.receipt) for h in chain],
                 attestation=None if doc.attestation is None else json.loads(doc.attestation),
+                requeued={
+                    r.recipient: requeues[(c.seq, r.recipient)]
+                    for r in c.rows
+                    if (c.seq, r.recipient) in requeues
+                },
             )
 
     def _lease_lapsed(self, peer: Peer, claimed: list[_Claimed]) -> bool:
@@ -653,7 +693,10 @@ class Dispatcher:
     # -- housekeeping -------------------------------------------------------------------------
 
     def housekeeping(self) -> int:
-        """Dead-letter waiting rows older than ``max_age`` (a peer down for days); count them."""
+        """Dead-letter waiting rows older than ``max_age`` (a peer down for days); count them.
+        Progress owed for packages from any node is reported too (a node that is no longer a
+        neighbour has no round of its own)."""
+        self.report_progress()
         node = self.node
         now = node.now()
         oldest = now - dt.timedelta(seconds=node.settings.delivery.max_age)

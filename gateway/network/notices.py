@@ -1,9 +1,11 @@
 """Notices coming back to a node: what the next nodes report about packages it relayed.
 
 A ``delivered`` notice lists packages that reached their recipients' node; a ``failed`` notice
-says a node gave up on some recipients. Both are node-signed (:mod:`gateway.evidence.hops`) and
-checked on arrival (:mod:`gateway.network.relay`); here their news is applied to this node's
-delivery rows and timelines. Creating notices is the outbox's business
+says a node gave up on some recipients; a ``progress`` notice says what the recipients' systems
+did with delivered packages (fetched, acknowledged: the hub protocol's processing, done, fail).
+All are node-signed (:mod:`gateway.evidence.hops`) and checked on arrival
+(:mod:`gateway.network.relay`); here their news is applied to this node's delivery rows and
+timelines. Creating notices is the outbox's business
 (:mod:`gateway.network.outbox`). News from another node is applied through the rules
 (:class:`gateway.node.timeline.TimelineWriter`, not strict): what does not fit this node's
 timeline (a late report, a race) is logged and left out, and so is its row's change.
@@ -29,7 +31,7 @@ from gateway.node.timeline import TimelineWriter
 from gateway.node.transitions import WAITING_STATES, compare_and_set
 from gateway.storage.tables import deliveries, events
 
-__all__ = ["mark_delivered", "mark_delivered_many", "mark_failed"]
+__all__ = ["mark_delivered", "mark_delivered_many", "mark_failed", "mark_progress_many"]
 
 
 def mark_failed(
@@ -214,3 +216,70 @@ def mark_delivered_many(
         states=_MOVABLE,
         change="delivered",
     )
+
+
+#: what a progress notice moves: a row at the recipient's node, not yet acknowledged
+_PROGRESSING = (TransportState.DELIVERED.value, TransportState.FETCHED.value)
+
+
+def mark_progress_many(
+    conn: Connection,
+    node: Node,
+    packages: Sequence[tuple[int, Sequence[str], Sequence[Sequence[str]], Sequence[Sequence[str]]]],
+    *,
+    at_node: str,
+    actor: str,
+) -> None:
+    """Record what recipients' systems at ``at_node`` did with packages: (seq, recipients,
+    path, events) each, ``events`` the ``[state, at, description]`` of their fetch and
+    acknowledgement. A row still waiting here is marked delivered first (the progress notice
+    overtook the delivered one); a repeated notice adds nothing.
+
+    Usage: ``mark_progress_many(conn, node, [(seq, [r], path, [["fetched", at, ""]])], ...)``
+    """
+    if not packages:
+        return
+    mark_delivered_many(
+        conn,
+        node,
+        [(seq, recipients, path) for seq, recipients, path, _ in packages],
+        at_node=at_node,
+        actor=actor,
+    )
+    seqs = sorted({seq for seq, _, _, _ in packages})
+    rows: dict[tuple[int, str], Any] = {
+        (r.document_seq, r.recipient): r for r in conn.execute(_DELIVERY_ROWS_OF, {"seqs": seqs})
+    }
+    now = node.now()
+    moved: dict[str, list[int]] = {}
+    with TimelineWriter(conn, node.name) as timelines:
+        timelines.load(seqs)
+        for seq, recipients, _, said in packages:
+            for recipient in recipients:
+                r = rows.get((seq, recipient))
+                if r is None or r.state not in _PROGRESSING:
+                    continue
+                reached = None
+                for state, at, description in said:
+                    after = timelines.record(
+                        seq,
+                        recipient,
+                        TransportEvent(state=TransportState(state), node=at_node),
+                        at=parse_utc(at),
+                        actor=actor,
+                        description=description or None,
+                        strict=False,
+                        repeats=False,
+                    )
+                    if after is not None:
+                        reached = after.transport
+                if reached is not None and reached.value != r.state:
+                    moved.setdefault(reached.value, []).append(r.id)
+    for state, ids in moved.items():
+        compare_and_set(
+            conn,
+            ids,
+            {"state": state, "updated_at": now},
+            states=_PROGRESSING,
+            change=f"progress_{state}",
+        )

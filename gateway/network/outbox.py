@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,8 @@ from gateway.errors import (
     UnverifiedRefused,
 )
 from gateway.evidence import audit
-from gateway.evidence.hops import sign_notice
-from gateway.evidence.nodekey import canonical_json
+from gateway.evidence.hops import PROGRESS_STATES, sign_notice
+from gateway.evidence.nodekey import canonical_json, format_utc
 from gateway.evidence.receipts import make_receipt
 from gateway.network.routing import would_loop
 from gateway.node import webhooks
@@ -50,14 +50,14 @@ from gateway.node.status import (
     TransportState,
     apply,
 )
-from gateway.node.timeline import TimelineWriter, deliver_entry
+from gateway.node.timeline import REQUEUED, TimelineWriter, deliver_entry
 from gateway.node.transitions import (
     WAITING_STATES,
     compare_and_set,
     compare_and_set_rows,
     log_stale,
 )
-from gateway.storage.tables import deliveries, documents
+from gateway.storage.tables import deliveries, documents, events, hops
 from gateway.trust.binding import describe
 
 __all__ = [
@@ -67,7 +67,9 @@ __all__ = [
     "dead_letter",
     "mark_sent",
     "notify_delivered",
+    "progress_due",
     "rearm_failed",
+    "report_progress",
 ]
 
 log = structlog.get_logger("gateway.outbox")
@@ -440,6 +442,137 @@ def notify_delivered(
     )
 
 
+#: rows whose progress the sender's node has not heard of, with what the notice needs
+_PROGRESS_DUE = (
+    select(
+        deliveries.c.id,
+        deliveries.c.document_seq,
+        deliveries.c.recipient,
+        documents.c.sender,
+        documents.c.document_id,
+        documents.c.sha256,
+    )
+    .join(documents, documents.c.seq == deliveries.c.document_seq)
+    .where(deliveries.c.progress_due.is_(True))
+    .order_by(deliveries.c.document_seq, deliveries.c.id)
+)
+_PROGRESS_EVENTS = (
+    select(events.c.document_seq, events.c.recipient, events.c.code, events.c.at)
+    .add_columns(events.c.description)
+    .where(
+        and_(
+            events.c.document_seq.in_(bindparam("seqs", expanding=True)),
+            events.c.kind == "transport",
+            events.c.code.in_(PROGRESS_STATES),
+        )
+    )
+    .order_by(events.c.id)
+)
+_PATHS_IN = (
+    select(hops.c.document_seq, hops.c.from_node, hops.c.to_node, hops.c.at)
+    .where(
+        and_(hops.c.document_seq.in_(bindparam("seqs", expanding=True)), hops.c.direction == "in")
+    )
+    .order_by(hops.c.document_seq, hops.c.position)
+)
+
+
+def progress_due(conn: Connection, *, peer: str | None = None) -> bool:
+    """Whether any recipient's fetch or acknowledgement is still owed to a sender's node (of a
+    package that came from ``peer``, when given): a cheap read, before taking the write lock."""
+    query = select(deliveries.c.id).where(deliveries.c.progress_due.is_(True))
+    if peer is not None:
+        query = query.join(documents, documents.c.seq == deliveries.c.document_seq).where(
+            documents.c.received_from == f"node:{peer}"
+        )
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def report_progress(
+    conn: Connection, node: Node, *, peer: str | None = None, limit: int = 500
+) -> set[str]:
+    """Tell senders' nodes what recipients' systems here did with their packages: one signed
+    ``progress`` notice per sender, its items the ``fetched`` and ``acknowledged`` events (with
+    time and description: the hub protocol's done, fail or processing) of every row marked
+    ``progress_due`` (:mod:`gateway.node.inbox`); the rows are unmarked in the same
+    transaction. ``peer``: only packages that came from that node (its dispatcher round);
+    None: all (housekeeping). Returns the peers to wake.
+
+    Like a delivered notice, a progress notice goes the way the packages came, every node on
+    its way applies it (:func:`gateway.network.notices.mark_progress_many`), the next node's
+    receipt settles each hop, and the sender's node keeps it.
+
+    Usage: ``woken = report_progress(conn, node, peer="district-hl")``
+    """
+    query = _PROGRESS_DUE
+    if peer is not None:
+        query = query.where(documents.c.received_from == f"node:{peer}")
+    query = query.limit(limit)
+    if node.engine.dialect.name == "postgresql":
+        # two dispatchers never report the same rows: one takes them, the other skips them
+        query = query.with_for_update(of=deliveries, skip_locked=True)
+    rows = conn.execute(query).all()
+    if not rows:
+        return set()
+    seqs = sorted({r.document_seq for r in rows})
+    said: dict[tuple[int, str], list[list[str]]] = {}
+    for e in conn.execute(_PROGRESS_EVENTS, {"seqs": seqs}):
+        said.setdefault((e.document_seq, e.recipient), []).append(
+            [e.code, format_utc(e.at), e.description or ""]
+        )
+    paths: dict[int, list[list[str]]] = {}
+    for h in conn.execute(_PATHS_IN, {"seqs": seqs}):
+        paths.setdefault(h.document_seq, []).append([h.from_node, h.to_node, format_utc(h.at)])
+    per_sender: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        told = said.get((r.document_seq, r.recipient))
+        if not told:  # nothing to say (cannot happen: the mark comes with the event)
+            continue
+        per_sender.setdefault(r.sender, []).append(
+            {
+                "document_id": r.document_id,
+                "sha256": r.sha256,
+                "recipients": [r.recipient],
+                "path": paths.get(r.document_seq, []),
+                "events": told,
+            }
+        )
+    conn.execute(
+        deliveries.update()
+        .where(and_(deliveries.c.id.in_([r.id for r in rows]), deliveries.c.progress_due.is_(True)))
+        .values(progress_due=False)
+    )
+    woken: set[str] = set()
+    for sender, items in per_sender.items():
+        sealed = sign_notice(
+            node.key,
+            event="progress",
+            kind="document",
+            sender=sender,
+            document_id=None,
+            sha256=items[0]["sha256"],
+            recipients=sorted({x for item in items for x in item["recipients"]}),
+            node=node.name,
+            code="PROGRESS",
+            message=f"what recipients' systems did with {len(items)} delivered package(s)",
+            at=node.now(),
+            failed_hop=None,
+            items=items,
+        )
+        woken |= _store_notice(
+            conn,
+            node,
+            sealed,
+            sender=sender,
+            document_id=None,
+            about=None,
+            subject="progress",
+            facts={"event": "progress", "packages": len(items)},
+        )
+    log.info("outbox.progress", senders=len(per_sender), rows=len(rows))
+    return woken
+
+
 def dead_letter(
     conn: Connection,
     node: Node,
@@ -556,9 +689,9 @@ def mark_sent(
     """Peer ``peer`` gave its receipt for delivery rows ``ids``: ``in_transit`` there, from the
     time of this node's hop record (``at``, per package seq). Returns nothing to wake.
 
-    ``settled``: package seqs of delivered notices. Every node on a delivered notice's way is
-    one of its addressees (each applies it to its own rows), so the receipt of the next one,
-    which applied it in the transaction that signed the receipt, settles it here:
+    ``settled``: package seqs of delivered and progress notices. Every node on such a notice's
+    way is one of its addressees (each applies it to its own rows), so the receipt of the next
+    one, which applied it in the transaction that signed the receipt, settles it here:
     ``delivered`` at the peer, not left ``in_transit`` waiting for a confirmation of the
     confirmation.
 
@@ -607,7 +740,7 @@ def mark_sent(
                     TransportEvent(state=TransportState.DELIVERED, node=peer),
                     at=at[seq],
                     actor=f"node:{node.name}",
-                    description="a delivered notice: applied by the next node, which carries it on",
+                    description="a confirmation: applied by the next node, which carries it on",
                     strict=False,
                 )
                 is not None
@@ -623,15 +756,42 @@ def mark_sent(
 
 
 def rearm_failed(
-    conn: Connection, node: Node, seq: int, recipients: Sequence[str], actor: str
+    conn: Connection,
+    node: Node,
+    seq: int,
+    requeued: Mapping[str, str],
+    actor: str,
+    *,
+    came_through: Sequence[str] = (),
 ) -> set[str]:
-    """The previous node sent a package again for recipients whose delivery failed here (an
-    admin requeued it upstream): try them again, with a fresh budget. Returns peers to wake.
+    """The previous node sent a package again for recipients whose delivery failed here, after
+    it requeued them (``requeued``: recipient -> the time of that requeue, from the relay
+    item): try them again, with a fresh budget, once per requeue. Returns peers to wake.
 
-    Usage: ``woken |= rearm_failed(conn, node, seq, recipients, "node:h49")``
+    Usage: ``woken |= rearm_failed(conn, node, seq, {r: at}, "node:h49", came_through=[...])``
 
-    Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again".
+    Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again" with the
+    upstream requeue's time; the same requeue sent again (its answer was lost) changes nothing.
+    A recipient that failed here without a peer (no node serves it, or it refuses attested
+    packages) is decided here again: routed afresh when the directory now serves it, else
+    failed again, and the sender gets a new failure notice (the requeue upstream waits for one).
     """
+    notes = {r: f"sent again (requeued {at} by {actor})"[:500] for r, at in requeued.items()}
+    seen = {
+        (r.recipient, r.description)
+        for r in conn.execute(
+            select(events.c.recipient, events.c.description).where(
+                and_(
+                    events.c.document_seq == seq,
+                    events.c.recipient.in_(list(notes)),
+                    events.c.code == REQUEUED,
+                )
+            )
+        )
+    }
+    recipients = [r for r, note in notes.items() if (r, note) not in seen]
+    if not recipients:
+        return set()
     now = node.now()
     # locked until the transitions below, in id order, so no delivered notice changes a row
     # between the timeline written from its state and the row's own change
@@ -642,7 +802,6 @@ def rearm_failed(
                 deliveries.c.document_seq == seq,
                 deliveries.c.recipient.in_(list(recipients)),
                 deliveries.c.state == TransportState.FAILED.value,
-                deliveries.c.next_hop.not_in([LOCAL, UNROUTABLE]),
             )
         )
         .order_by(deliveries.c.id)
@@ -650,30 +809,69 @@ def rearm_failed(
     ).all()
     if not rows:
         return set()
+    woken: set[str] = set()
+    hops: dict[int, str] = {}
+    failing: dict[str, tuple[list[Any], list[str]]] = {}
+    attested = (
+        conn.execute(select(documents.c.attestation).where(documents.c.seq == seq)).scalar()
+        is not None
+    )
+    for r in rows:
+        hop, failure = _decide_again(node, r, came_through, attested=attested)
+        if failure is not None:
+            failed, messages = failing.setdefault(failure.code, ([], []))
+            failed.append(r)
+            messages.append(failure.message)
+        elif hop is not None:
+            hops[r.id] = hop
     with TimelineWriter(conn, node.name) as timelines:
         timelines.load([seq])
-        rows = [
-            r
+        again = {
+            r.id
             for r in rows
-            if timelines.record(
+            if (r.id in hops or any(r in f for f, _ in failing.values()))
+            and timelines.record(
                 seq,
                 r.recipient,
                 Requeue(),
                 at=now,
                 actor=actor,
-                description="sent again",
+                description=notes[r.recipient],
                 strict=False,
             )
             is not None
-        ]
-    if not rows:
-        return set()
-    changed = set(
-        compare_and_set(
+        }
+        for code, (failed, messages) in failing.items():
+            for r, message in zip(failed, messages, strict=True):
+                if r.id in again:
+                    timelines.record(
+                        seq,
+                        r.recipient,
+                        TransportEvent(state=TransportState.FAILED),
+                        at=now,
+                        actor=actor,
+                        description=f"{code}: {message}",
+                        strict=False,
+                    )
+    for code, (failed, messages) in failing.items():
+        told = [r.recipient for r in failed if r.id in again]
+        if told:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id.in_([r.id for r in failed if r.id in again]))
+                .values(updated_at=now, last_error=f"{code} again"[:2000])
+            )
+            woken |= _notify(
+                conn, node, seq, told, code=code, message="; ".join(messages), failed_hop=None
+            )
+    rearmed = [r for r in rows if r.id in hops and r.id in again]
+    for hop in sorted({hops[r.id] for r in rearmed}):
+        changed = compare_and_set(
             conn,
-            [r.id for r in rows],
+            [r.id for r in rearmed if hops[r.id] == hop],
             {
                 "state": TransportState.ACCEPTED.value,
+                "next_hop": hop,
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -685,5 +883,35 @@ def rearm_failed(
             states=[TransportState.FAILED.value],
             change="rearm",
         )
-    )
-    return {r.next_hop for r in rows if r.id in changed}
+        if changed:
+            woken.add(hop)
+    return woken
+
+
+def _decide_again(
+    node: Node, row: Any, came_through: Sequence[str], *, attested: bool
+) -> tuple[str | None, GatewayError | None]:
+    """Where a failed row goes when its package is sent again: (next hop, None) to send it
+    there, (None, failure) when it fails again here, (None, None) to leave it (a hosted
+    recipient that no longer refuses it is an operator's requeue here, not a relay's)."""
+    if row.next_hop == LOCAL:
+        if attested and row.recipient in node.settings.hub.refuse_attested:
+            return None, UnverifiedRefused(
+                f"{row.recipient} takes only packages whose sender signature verified",
+                detail={"recipient": row.recipient},
+            )
+        return None, None
+    if row.next_hop != UNROUTABLE:
+        return row.next_hop, None
+    try:
+        hop = node.next_hop(AgencyCode.parse(row.recipient))
+    except RecipientUnreachable as exc:
+        return None, exc
+    if hop == LOCAL:
+        return None, None  # hosted here now: an operator's requeue here delivers it
+    if would_loop(came_through, hop):
+        return None, RouteLoop(
+            f"{row.recipient} would go back to {hop}, which the package came through",
+            detail={"recipient": row.recipient, "node": hop},
+        )
+    return hop, None

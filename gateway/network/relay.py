@@ -33,6 +33,7 @@ from gateway.envelope.model import StatusCode, StatusPackage
 from gateway.errors import DocumentConflict, Forbidden, GatewayError, PeerUnknown
 from gateway.evidence import audit
 from gateway.evidence.attestations import summary as attestation_summary
+from gateway.evidence.hops import CONFIRMATIONS
 from gateway.evidence.nodekey import canonical_json, parse_utc
 from gateway.evidence.receipts import make_receipt
 from gateway.network import notices, outbox
@@ -261,7 +262,15 @@ class _Batch:
                 in_transit=True,
                 came_through=[hop["from"] for hop in c.hops],
             )
-        self.woken |= outbox.rearm_failed(conn, node, existing.seq, c.recipients, actor)
+        if c.item.requeued:  # requeued upstream after a failure: decided here once more
+            self.woken |= outbox.rearm_failed(
+                conn,
+                node,
+                existing.seq,
+                c.item.requeued,
+                actor,
+                came_through=[hop["from"] for hop in c.hops],
+            )
         audit.append(
             conn,
             event="relay_repeat",
@@ -281,7 +290,8 @@ class _Batch:
         last_digest = _hop_rows(hop_rows, seq, c, receipt)
         conn.execute(_INSERT_HOPS, hop_rows)
         audit.append_many(conn, [_relay_in(actor, row["id"], c, last_digest)])
-        handled_here = c.notice is not None and c.notice["event"] == "delivered"
+        # a confirmation (delivered, progress): applied here, and kept at its sender's node
+        handled_here = c.notice is not None and c.notice["event"] in CONFIRMATIONS
         self.woken |= outbox.add_deliveries(
             conn,
             node,
@@ -307,7 +317,10 @@ class _Batch:
             self.notices_arrived.setdefault(toward, []).append((seq, here, path))
         if handled_here:
             assert c.notice is not None
-            self._apply_delivered(c.notice)
+            if c.notice["event"] == "progress":
+                self._apply_progress(c.notice)
+            else:
+                self._apply_delivered(c.notice)
             self._handled(seq)
         if about is not None:
             if c.notice is not None:
@@ -361,6 +374,29 @@ class _Batch:
         ).scalars()
         given = [sender == f"node:{self.node.name}" for sender in own]
         return len(given) == len(keys) and all(given)
+
+    def _apply_progress(self, notice: dict[str, Any]) -> None:
+        """What the recipients' systems did with packages a progress notice lists, as this
+        node knows them: fetched, acknowledged."""
+        sender = notice["sender"]
+        keyed = [
+            (package_key(sender, item["document_id"], item["sha256"]), item)
+            for item in notice["items"]
+            if item.get("kind", "package") == "package"
+        ]
+        keys = sorted({key for key, _ in keyed})
+        seqs = {r.dedup_key: r.seq for r in self.conn.execute(_EXISTING, {"keys": keys})}
+        notices.mark_progress_many(
+            self.conn,
+            self.node,
+            [
+                (seqs[key], item["recipients"], item["path"], item["events"])
+                for key, item in keyed
+                if key in seqs
+            ],
+            at_node=notice["node"],
+            actor=self.actor,
+        )
 
     def _apply_delivered(self, notice: dict[str, Any]) -> None:
         """The packages a delivered notice lists, as this node knows them: delivered."""
@@ -488,7 +524,7 @@ def _about(conn: Connection, c: Checked) -> int | None:
     """The seq of the document a status or notice is about, when this node has it."""
     if c.notice is not None:
         fields = c.notice
-        if fields["event"] == "delivered":
+        if fields["event"] in CONFIRMATIONS:
             return None  # about several packages: see its items
         key = package_key(fields["sender"], fields["document_id"], fields["sha256"])
     elif isinstance(c.package, StatusPackage):

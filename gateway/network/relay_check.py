@@ -22,7 +22,7 @@ from gateway.agency import AgencyCode
 from gateway.envelope.model import DocumentPackage, PackageKind, StatusPackage
 from gateway.errors import GatewayError, HopChainBroken, ReceiptInvalid
 from gateway.evidence.attestations import verify_attestation
-from gateway.evidence.hops import trusted_chain, verify_hops, verify_notice
+from gateway.evidence.hops import CONFIRMATIONS, trusted_chain, verify_hops, verify_notice
 from gateway.evidence.nodekey import certificates_from_pem, parse_utc
 from gateway.evidence.receipts import verify_receipt
 from gateway.network.wire import RelayItem
@@ -139,7 +139,9 @@ def check_item(node: Node, caller: str, index: int, item: RelayItem) -> Checked:
         checked.notice = fields
         checked.signer = describe(leaf)
         checked.subject = (
-            "delivered" if fields["event"] == "delivered" else f"delivery failed: {fields['code']}"
+            fields["event"]
+            if fields["event"] in CONFIRMATIONS
+            else f"delivery failed: {fields['code']}"
         )
         checked.signing_time = parse_utc(fields["at"])
         return checked

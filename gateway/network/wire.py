@@ -73,6 +73,10 @@ class RelayItem:
     #: the intake attestation of a package whose sender signature was not verified
     #: (:mod:`gateway.evidence.attestations`); None for a verified one
     attestation: dict[str, Any] | None = None
+    #: recipients whose delivery the sending node requeued after it failed, each with which
+    #: requeue it is (``<number>@<time of the latest>``): the receiving node tries a delivery
+    #: that failed there again once per requeue (a plain retry of a lost answer is not one)
+    requeued: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ def encode_batch(items: Sequence[RelayItem]) -> bytes:
                 "hops": i.hops,
                 "receipts": i.receipts,
                 **({} if i.attestation is None else {"attestation": i.attestation}),
+                **({"requeued": i.requeued} if i.requeued else {}),
             }
             for i in items
         ],
@@ -155,6 +160,12 @@ def decode_batch(data: bytes, *, max_items: int, max_depth: int = _MAX_DEPTH) ->
         attestation = entry.get("attestation")
         if attestation is not None and (kind == "notice" or not isinstance(attestation, dict)):
             raise RelayMalformed(f"item {index}: an attestation is a JSON object, on a package")
+        requeued = entry.get("requeued", {})
+        if not isinstance(requeued, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 64
+            for k, v in requeued.items()
+        ):
+            raise RelayMalformed(f"item {index}: requeued maps recipients to times (strings)")
         if offset + size > len(data):
             raise RelayMalformed(
                 f"item {index} says {size} bytes but the body ends before them",
@@ -167,6 +178,7 @@ def decode_batch(data: bytes, *, max_items: int, max_depth: int = _MAX_DEPTH) ->
                 hops=hops,
                 receipts=receipts,
                 attestation=attestation,
+                requeued=requeued,
             )
         )
         offset += size

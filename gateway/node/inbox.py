@@ -122,7 +122,9 @@ def _attested_by(attestation: str | None) -> str | None:
 def _visible(conn: Any, doc_id: str, agency: str) -> Any:
     """The document row and the caller's delivery (None when the caller only sent it)."""
     row = conn.execute(
-        select(documents.c.seq, documents.c.sender).where(documents.c.id == doc_id)
+        select(
+            documents.c.seq, documents.c.sender, documents.c.kind, documents.c.received_from
+        ).where(documents.c.id == doc_id)
     ).first()
     if row is None:
         raise DocumentNotFound(detail={"id": doc_id})
@@ -136,8 +138,9 @@ def _visible(conn: Any, doc_id: str, agency: str) -> Any:
     return row, delivery
 
 
-def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
-    """The exact stored bytes. A recipient's first fetch moves its delivery to ``fetched``."""
+def fetch(node: Node, caller: Identity, doc_id: str, *, note: str | None = None) -> bytes:
+    """The exact stored bytes. A recipient's first fetch moves its delivery to ``fetched``
+    (``note``: the event's description, e.g. the hub protocol's ``processing``)."""
     agency = _agency(node, caller)
     with node.reader.connect() as conn:  # reading 50 MB must not hold the write lock
         row, delivery = _visible(conn, doc_id, agency)
@@ -147,45 +150,87 @@ def fetch(node: Node, caller: Identity, doc_id: str) -> bytes:
     data = bytes(stored)
     if delivery is not None and delivery.state == TransportState.DELIVERED.value:
         with node.writing() as conn:
-            _, delivery = _visible(conn, doc_id, agency)  # again, under the write lock
+            row, delivery = _visible(conn, doc_id, agency)  # again, under the write lock
             if delivery.state == TransportState.DELIVERED.value:
-                _advance(node, conn, row.seq, agency, TransportState.FETCHED, actor_of(caller))
+                _advance(node, conn, row, agency, TransportState.FETCHED, actor_of(caller), note)
                 audit.append(conn, event="fetch", actor=actor_of(caller), subject=doc_id, data={})
+        _wake_sender_side(node, row)
     log.info("inbox.fetched", doc=doc_id, agency=agency, size=len(data))
     return data
 
 
-def acknowledge(node: Node, caller: Identity, doc_id: str) -> str:
-    """Record that the recipient's DMS has the document; idempotent. Returns the state."""
+def acknowledge(node: Node, caller: Identity, doc_id: str, *, note: str | None = None) -> str:
+    """Record that the recipient's DMS has the document; idempotent. Returns the state.
+    ``note``: the event's description (e.g. the hub protocol's ``fail``)."""
     agency = _agency(node, caller)
     with node.writing() as conn:
         row, delivery = _visible(conn, doc_id, agency)
         if delivery is None:
             raise Forbidden("only a recipient acknowledges a document", detail={"id": doc_id})
-        if delivery.state != TransportState.ACKNOWLEDGED.value:
-            _advance(node, conn, row.seq, agency, TransportState.ACKNOWLEDGED, actor_of(caller))
-            audit.append(conn, event="ack", actor=actor_of(caller), subject=doc_id, data={})
+        moved = delivery.state != TransportState.ACKNOWLEDGED.value
+        if moved:
+            _advance(node, conn, row, agency, TransportState.ACKNOWLEDGED, actor_of(caller), note)
+            audit.append(
+                conn,
+                event="ack",
+                actor=actor_of(caller),
+                subject=doc_id,
+                data={"note": note} if note else {},
+            )
+    if moved:
+        _wake_sender_side(node, row)
     log.info("inbox.acknowledged", doc=doc_id, agency=agency)
     return TransportState.ACKNOWLEDGED.value
 
 
+def _from_node(row: Any) -> str | None:
+    """The node a package came from, when its sender's node must hear what the recipient
+    did with it (a progress notice); None for a package sent here, from a hub, or a notice."""
+    source = row.received_from or ""
+    if row.kind == "notice" or not source.startswith("node:"):
+        return None
+    return str(source[len("node:") :])
+
+
+def _wake_sender_side(node: Node, row: Any) -> None:
+    """Wake the dispatcher for the node the package came from: its round reports the
+    progress due (:func:`gateway.network.outbox.report_progress`)."""
+    peer = _from_node(row)
+    if peer is not None:
+        node.wake([peer])
+
+
 def _advance(
-    node: Node, conn: Any, seq: int, recipient: str, state: TransportState, actor: str
+    node: Node,
+    conn: Any,
+    doc: Any,
+    recipient: str,
+    state: TransportState,
+    actor: str,
+    note: str | None = None,
 ) -> None:
-    """The recipient's DMS moved its delivery on: the rules check it, then row and event."""
+    """The recipient's DMS moved its delivery on: the rules check it, then row and event. For
+    a package from another node the row is marked ``progress_due``: the sender's node is told
+    by a progress notice, in the same transaction's wake, so nothing is lost on a crash."""
     now = node.now()
     # locked (PostgreSQL) until its change: the timeline is written from its state
     row = conn.execute(
         select(deliveries.c.id)
-        .where(and_(deliveries.c.document_seq == seq, deliveries.c.recipient == recipient))
+        .where(and_(deliveries.c.document_seq == doc.seq, deliveries.c.recipient == recipient))
         .with_for_update()
     ).one()
     with TimelineWriter(conn, node.name) as timelines:
-        timelines.record(seq, recipient, TransportEvent(state=state), at=now, actor=actor)
+        timelines.record(
+            doc.seq, recipient, TransportEvent(state=state), at=now, actor=actor, description=note
+        )
     compare_and_set(
         conn,
         [row.id],
-        {"state": state.value, "updated_at": now},
+        {
+            "state": state.value,
+            "updated_at": now,
+            **({"progress_due": True} if _from_node(doc) is not None else {}),
+        },
         states=_WAITING,
         change=state.value,
     )

@@ -90,6 +90,7 @@ def _refuse(node: Node, caller: Identity, error: GatewayError, data: bytes) -> G
     with node.writing() as conn:
         audit.append(conn, event="refuse", actor=actor_of(caller), subject=None, data=facts)
     log.info("ingest.refused", actor=actor_of(caller), code=error.code, size=len(data))
+    error.audited = True
     return error
 
 

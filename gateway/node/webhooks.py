@@ -58,6 +58,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.errors import ConfigError
 from gateway.evidence import audit
+from gateway.evidence.hops import CONFIRMATIONS
 from gateway.evidence.nodekey import format_utc
 from gateway.node.container import Node
 from gateway.settings import WebhookEndpoint, WebhookSettings, read_webhook_secrets
@@ -169,7 +170,7 @@ def enqueue(
     rows = []
     for seq, agency in wanted:
         doc = docs[seq]
-        if (seq, agency) in present or (doc.kind == "notice" and doc.subject == "delivered"):
+        if (seq, agency) in present or (doc.kind == "notice" and doc.subject in CONFIRMATIONS):
             continue
         rows.append(
             {

@@ -365,7 +365,7 @@ def head_revision() -> str:
 
     Usage::
 
-        head_revision()   # "0007"
+        head_revision()   # "0008"
     """
     head = _scripts().get_current_head()
     if head is None:  # pragma: no cover - the package ships 0001_initial

@@ -162,6 +162,9 @@ deliveries = Table(
     #: an attempt may have reached the next node (its answer was lost): never dead-lettered
     #: while so, since the package may be delivered (docs/network.md)
     Column("outcome_unknown", Boolean, nullable=False, default=False, server_default=false()),
+    #: a recipient's DMS fetched or acknowledged a package that came from another node, and
+    #: its sender's node has not been told yet (a ``progress`` notice, docs/network.md)
+    Column("progress_due", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("document_seq", "recipient"),
     Index(None, "recipient", "state", "document_seq"),
     Index(None, "next_hop", "state", "next_attempt_at"),
@@ -173,6 +176,13 @@ deliveries = Table(
         "id",
         sqlite_where=text("next_attempt_at IS NOT NULL"),
         postgresql_where=text("next_attempt_at IS NOT NULL"),
+    ),
+    #: progress to report to senders' nodes (a handful at a time)
+    Index(
+        "ix_deliveries_progress_due",
+        "document_seq",
+        sqlite_where=text("progress_due"),
+        postgresql_where=text("progress_due"),
     ),
 )
 

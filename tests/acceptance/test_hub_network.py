@@ -1,7 +1,8 @@
 """The hub-compatible API across a real four-tier network: DMS on the national SDK at two tiers.
 
 Four ``gateway serve`` processes (:data:`gateway.dev.network.QUANG_NINH`), each serving the hub
-protocol under ``/vdxp`` (HUB-PROTOCOL.md) beside its own API, over HTTPS with the dev CA::
+protocol under ``/vdxp`` (HUB-PROTOCOL.md) beside its own API, over HTTPS with the dev CA; the
+ward's node serves it on a listener of its own (``[hub] port``, prefix ``/``, two workers)::
 
     central       000.00.00.G12: a DMS on the SDK, system vxp.btc.vanthu     (hub)
       └ h49       000.00.00.H49: a DMS on the node's API, client certificate (own API)
@@ -21,17 +22,21 @@ whichever API its sender used.
 from __future__ import annotations
 
 import hashlib
+import socket
+import ssl
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from hubsdk import HubResult, HubService
 from lxml import etree
 from network_support import WAIT, documents_named, inbox_items, stop_all, wait_inbox, wait_status
 
-from gateway.dev.network import HUB_SETTINGS, Network, wait_for
+from gateway.dev.network import HUB_SETTINGS, Network, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,16 +88,27 @@ class Dms:
         )
 
 
+WARD_NODE = "h49-bachdang"
 SYSTEMS = {  # agency: (node, systemid)
-    BACHDANG: ("h49-bachdang", "vxp.bachdang"),
+    BACHDANG: (WARD_NODE, "vxp.bachdang"),
     G12: ("central", "vxp.btc.vanthu"),
 }
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    """The four tiers, each node serving the hub API beside its own."""
-    with Network(tmp_path_factory.mktemp("hub-network"), settings=HUB_SETTINGS) as network:
+    """The four tiers, each node serving the hub API beside its own; the ward's node on a
+    listener of its own (``[hub] port``, prefix "/"), with two worker processes."""
+    with Network(
+        tmp_path_factory.mktemp("hub-network"),
+        settings=HUB_SETTINGS,
+        node_settings={
+            WARD_NODE: {
+                "hub": {"port": free_port(), "prefix": "/", "keepalive_timeout": 2},
+                "server": {"workers": 2},
+            }
+        },
+    ) as network:
         network.create()
         network.start(timeout=90)
         try:
@@ -113,7 +129,10 @@ def dms(net: Network) -> Iterator[dict[str, Dms]]:
     found: dict[str, Dms] = {}
     for agency, (node, systemid) in SYSTEMS.items():
         endpoint = net.hub_endpoint(node)
-        assert endpoint == f"{net.url(node)}/vdxp"
+        if node == WARD_NODE:  # a listener of its own, the SDK's ENDPOINT without a path
+            assert endpoint.startswith("https://127.0.0.1:") and endpoint != net.url(node)
+        else:
+            assert endpoint == f"{net.url(node)}/vdxp"
         secret, ca_file = secrets[agency].result(), str(net.ca_file)
         svc = HubService(endpoint, systemid, secret, ca_file=ca_file, timeout=30.0)
         found[agency] = Dms(agency, node, systemid, secret, endpoint, ca_file, svc)
@@ -260,13 +279,23 @@ def test_a_document_between_sdk_dms_on_two_tiers(
     tally.statuses_back += len(back)
     assert not [i for i in listed(ward, "status") if i["docId"] in {s["docId"] for s, _ in back}]
 
-    rows = wait_sent(ward, sent.doc_id, lambda r: r.get(G12, {}).get("receiveStatus") == "06")
+    # the ministry's updateStatus done reaches the ward's node too (a progress notice)
+    rows = wait_sent(
+        ward,
+        sent.doc_id,
+        lambda r: (
+            r.get(G12, {}).get("receiveStatus") == "06"
+            and r.get(G12, {}).get("sendStatus") == "acknowledged"
+        ),
+    )
     row = rows[G12]
     assert (row["senderDocId"], row["fromCode"], row["sendStatus"]) == (
         sent.doc_id,
         BACHDANG,
-        "delivered",
+        "acknowledged",
     ), row
+    assert row["sendStatusDesc"].startswith("done:"), row
+    assert row["receivedTime"], row
     assert list(rows) == [G12]
     print(
         f"sdk to sdk: tiers=commune>central sent=1 arrived=1 identical=1 "
@@ -334,9 +363,15 @@ def test_documents_reach_a_dms_the_same_way_whichever_api_sent_them(
         # Hạ Long (node API) sees both answers in its timeline, the SDK one like the other
         for recipient in (BACHDANG, H49):
             view = wait_status(
-                net, HALONG, x_answer["id"], recipient, lambda v: v["status"] == "01"
+                net,
+                HALONG,
+                x_answer["id"],
+                recipient,
+                lambda v: v["status"] == "01" and v["transport"] == "acknowledged",
             )
-            assert view["transport"] == "delivered", view
+            codes = [e["code"] for e in view["events"] if e["kind"] == "transport"]
+            # each recipient's DMS fetched it, then acknowledged it: both came back
+            assert codes[-3:] == ["delivered", "fetched", "acknowledged"], view
             tally.statuses_back += 1
 
         def packages_at_halong() -> list[dict[str, Any]] | None:
@@ -355,12 +390,16 @@ def test_documents_reach_a_dms_the_same_way_whichever_api_sent_them(
         rows = wait_sent(
             ministry,
             str(y_sent.doc_id),
-            lambda r: all(r.get(a, {}).get("receiveStatus") == "01" for a in (BACHDANG, H49)),
+            lambda r: all(
+                r.get(a, {}).get("receiveStatus") == "01"
+                and r.get(a, {}).get("sendStatus") == "acknowledged"
+                for a in (BACHDANG, H49)
+            ),
         )
-        assert {a: r["sendStatus"] for a, r in rows.items()} == {
-            BACHDANG: "delivered",
-            H49: "delivered",
-        }, rows
+        # the ward said done through the SDK, the province acknowledged through the node's
+        # API: both reach the ministry's node, each in its own words
+        assert rows[BACHDANG]["sendStatusDesc"].startswith("done:"), rows
+        assert rows[H49]["sendStatusDesc"] == "acknowledged", rows
         back = wait_statuses(ministry, y_id, 2)
         assert sorted((i["from"], code) for i, code in back) == [(H49, "01"), (BACHDANG, "01")]
         tally.statuses_back += len(back)
@@ -375,7 +414,44 @@ def test_documents_reach_a_dms_the_same_way_whichever_api_sent_them(
     )
 
 
-# --- 3. the count ---------------------------------------------------------------------------
+# --- 3. a listener of its own ---------------------------------------------------------------
+
+
+def test_the_wards_hub_listener_serves_the_hub_api_only_and_drops_idle_connections(
+    net: Network, dms: dict[str, Dms]
+) -> None:
+    """On the ward's node the hub API has a port of its own: the node's API is not there (a
+    404 trio, as the SDK parses it), the node's own listener no longer serves the hub API (the
+    node's 404), and an idle kept-alive connection is closed after ``keepalive_timeout``."""
+    ward = dms[BACHDANG]
+    context = ssl.create_default_context(cafile=ward.ca_file)
+    with httpx.Client(verify=context, timeout=10) as plain:
+        stray = plain.get(ward.endpoint + "/api/v1/inbox")
+    assert stray.status_code == 404, stray.text
+    trio = stray.json()
+    assert (trio["status"], trio["ErrorCode"]) == ("FAIL", "REQUEST_PATH_NOT_FOUND"), trio
+    on_node = net.client(BACHDANG).post("/getAgenciesList")
+    assert on_node.status_code == 404 and on_node.json()["code"] == "REQUEST_PATH_NOT_FOUND"
+    assert ok(ward.svc.get_agencies_list()).items  # and the hub API answers on its own port
+
+    url = httpx.URL(ward.endpoint)
+    with (
+        socket.create_connection((url.host, url.port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname=url.host) as tls,
+    ):
+        tls.sendall(b"GET /getAgenciesList HTTP/1.1\r\nHost: ward\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        while chunk := tls.recv(65536):  # the answer, then the end: the server closed
+            answer += chunk
+        idle = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:80]
+    # keepalive_timeout = 2 here; the node's own listener keeps them 30 s
+    assert 1.5 <= idle < 12, f"an idle connection was closed after {idle:.1f} s"
+    print(f"hub listener: stray path 404 trio, node listener 404, idle closed after {idle:.1f} s")
+
+
+# --- 4. the count ---------------------------------------------------------------------------
 
 
 def test_nothing_duplicated_nothing_lost(net: Network, tally: Tally) -> None:

@@ -193,8 +193,14 @@ def test_statuses_and_the_whole_path_come_back_to_the_sender(net: Network, upwar
     for code in ("01", "03", "06"):
         net.report(G12, sender=BACHDANG, document_id=upward.document_id, code=code)
 
-    view = wait_status(net, BACHDANG, upward.gid, G12, lambda v: v["status"] == "06")
-    assert view["transport"] == "delivered", view
+    # the ministry's DMS fetched it: a progress notice brings that back too
+    view = wait_status(
+        net,
+        BACHDANG,
+        upward.gid,
+        G12,
+        lambda v: v["status"] == "06" and v["transport"] == "fetched",
+    )
     assert view["next_hop"] == "h49-halong"
     events = view["events"]
     assert [e["code"] for e in events if e["kind"] == "status"] == ["01", "03", "06"]
@@ -204,12 +210,15 @@ def test_statuses_and_the_whole_path_come_back_to_the_sender(net: Network, upwar
         ("in_transit", "h49-halong"),
         ("in_transit", "h49"),
         ("delivered", "central"),
+        ("fetched", "central"),
     ], view
-    # every hop has its time, between the push and the delivery
-    accepted, *hop_times, delivered = [
+    # every hop has its time, between the push and the delivery; the fetch has central's
+    # time (the delivery's is when the sender's node heard of it, which may be later)
+    accepted, *hop_times, delivered, fetched = [
         dt.datetime.fromisoformat(e["at"]) for e in events if e["kind"] == "transport"
     ]
     assert all(accepted <= t <= delivered for t in hop_times), events
+    assert accepted <= fetched, events
 
     # the signed status packages themselves reach the sender's DMS (a status package has no
     # DocumentId of its own: its ResponseFor names the document)
@@ -538,9 +547,10 @@ def arrives_once(pair: Network, sent: Sent) -> None:
     """The requeued document reaches H49's inbox, once, byte for byte; the sender sees it."""
     [item] = wait_inbox(pair, H49, sent.document_id)
     assert fetch(pair, H49, item["id"]) == sent.body
-    view = wait_status(pair, G22, sent.gid, H49, lambda v: v["transport"] == "delivered")
+    # delivered, then fetched (H49's DMS just fetched it: a progress notice says so)
+    view = wait_status(pair, G22, sent.gid, H49, lambda v: v["transport"] == "fetched")
     codes = [e["code"] for e in view["events"] if e["kind"] == "transport"]
-    assert codes[:2] == ["accepted", "failed"] and codes[-1] == "delivered", codes
+    assert codes[:2] == ["accepted", "failed"] and codes[-2:] == ["delivered", "fetched"], codes
     # the requeue is an event of its own, after which the timeline starts again
     assert codes.count("failed") == 1 and codes[2] == "requeued", codes
     assert len(inbox_items(pair, H49, sent.document_id, "document")) == 1

@@ -253,6 +253,16 @@ def test_sending_as_an_agency_not_the_systems_is_refused(hub: Hub, pki: DevPKI) 
     assert [r["code"] for r in hub.audited("hub_refuse")] == ["AUTH_SYSTEM_AGENCY_FORBIDDEN"]
 
 
+def test_a_package_from_another_agency_is_refused_and_audited_once(hub: Hub, pki: DevPKI) -> None:
+    """The system may send as A, and says so, but the package is B's: ingest refuses it and
+    audits the refusal; the hub API does not write a second entry for it."""
+    sent = hub.service("vxp.a").send_edoc(A, _package(pki, B, [A]))
+    assert (sent.status, sent.error_code) == ("FAIL", "AUTH_SENDER_MISMATCH")
+    assert hub.stored() == 0
+    assert [r["code"] for r in hub.audited("refuse")] == ["AUTH_SENDER_MISMATCH"]
+    assert hub.audited("hub_refuse") == []
+
+
 def test_a_body_that_does_not_match_its_hash_file_is_refused(hub: Hub, pki: DevPKI) -> None:
     package = _package(pki, A, [B])
     wrong = hash_file(package[:-1] + b" ")
@@ -278,6 +288,7 @@ def test_field_packages_are_refused_under_require_with_their_own_code(hub: Hub) 
     assert (sent.status, sent.error_code) == ("FAIL", "XML_PREFIX_UNDECLARED")
     assert hub.stored() == 0
     assert [r["code"] for r in hub.audited("refuse")] == ["XML_PREFIX_UNDECLARED"]
+    assert hub.audited("hub_refuse") == []
 
 
 def test_a_malformed_package_is_refused_as_malformed(hub: Hub) -> None:

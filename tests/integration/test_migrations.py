@@ -62,7 +62,7 @@ def test_upgrade_of_an_empty_database_gives_exactly_the_models_schema(engine: En
 def test_current_revision_is_none_before_and_head_after_upgrade(engine: Engine) -> None:
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0007"
+    assert current_revision(engine) == head_revision() == "0008"
 
 
 def test_downgrade_to_base_then_upgrade_round_trips(engine: Engine) -> None:
@@ -156,15 +156,15 @@ def test_cli_upgrade_then_current(db_url: str, tmp_path: Path) -> None:
 
     done = runner.invoke(db, ["upgrade", "--config", str(config)])
     assert done.exit_code == 0, done.stderr
-    assert "upgraded empty -> 0007 (head)" in done.stdout
+    assert "upgraded empty -> 0008 (head)" in done.stdout
 
     again = runner.invoke(db, ["upgrade", "--config", str(config)])
     assert again.exit_code == 0, again.stderr
-    assert "already at 0007 (head)" in again.stdout
+    assert "already at 0008 (head)" in again.stdout
 
     after = runner.invoke(db, ["current", "--config", str(config)])
     assert after.exit_code == 0, after.stderr
-    assert after.stdout.startswith("0007 (head)")
+    assert after.stdout.startswith("0008 (head)")
 
 
 def test_cli_relative_sqlite_file_is_created_next_to_the_config(

@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, select, update
 from support import DevPKI
 
 from gateway.dev.nodeconfig import write_node_config
-from gateway.errors import PeerUnavailable
+from gateway.errors import HopChainBroken, PeerUnavailable
 from gateway.evidence.attestations import verify_attestation
 from gateway.evidence.hops import verify_hops, verify_notice
 from gateway.evidence.receipts import verify_receipt
@@ -35,7 +35,7 @@ from gateway.network.routing import Peer
 from gateway.network.wire import RelayItem
 from gateway.node.admin import list_deliveries, requeue
 from gateway.node.container import Node
-from gateway.node.inbox import fetch, list_inbox, status_view
+from gateway.node.inbox import acknowledge, fetch, list_inbox, status_view
 from gateway.node.ingest import Attest, ingest_document
 from gateway.settings import load_settings
 from gateway.storage import db
@@ -209,13 +209,19 @@ def test_a_relayed_document_arrives_with_signed_hops_and_the_sender_sees_deliver
         to_node="central",
     )
     assert [(f["from"], f["to"]) for f in fields] == [("h49", "central")]
-    # central tells the province it delivered: the sender's timeline shows it
-    assert pair.central_dispatcher.run_peer("h49") == 1
+    # central tells the province it delivered, and that G12's system fetched it: the
+    # sender's timeline shows both (a delivered notice, then a progress notice)
+    assert pair.central_dispatcher.run_peer("h49") == 2
     sent = status_view(pair.province, _agency(pair, H49), _doc_id(pair.province))
     events = [(e["code"], e["node"]) for e in sent["recipients"][0]["events"]]
-    assert events == [("accepted", "h49"), ("in_transit", "central"), ("delivered", "central")]
-    assert sent["recipients"][0]["transport"] == "delivered"
-    # the delivered notice is the node's business, not the sender DMS's
+    assert events == [
+        ("accepted", "h49"),
+        ("in_transit", "central"),
+        ("delivered", "central"),
+        ("fetched", "central"),
+    ]
+    assert sent["recipients"][0]["transport"] == "fetched"
+    # the notices are the node's business, not the sender DMS's
     assert list_inbox(pair.province, _agency(pair, H49)).items == []
     # both audit logs say what happened: relayed out, relayed in, delivered to G12's inbox;
     # the province delivered nothing to an inbox of its own
@@ -679,7 +685,8 @@ def test_an_attested_package_travels_with_its_attestation_and_says_so_everywhere
         "vxp.h49",
         ["SIGNATURE_MISSING"],
     )
-    # the sender's node: delivered, and the timeline says the signature was not verified
+    # the sender's node: delivered and fetched, and the timeline says the signature was not
+    # verified
     pair.central_dispatcher.run_peer("h49")
     with pair.province.reader.connect() as conn:
         gid = conn.execute(
@@ -687,7 +694,7 @@ def test_an_attested_package_travels_with_its_attestation_and_says_so_everywhere
         ).scalar_one()
     view = status_view(pair.province, _agency(pair, H49), gid)
     assert view["attested_by"] == "h49"
-    assert view["recipients"][0]["transport"] == "delivered"
+    assert view["recipients"][0]["transport"] == "fetched"
     assert "intake attested by node h49" in view["recipients"][0]["events"][0]["description"]
 
 
@@ -820,3 +827,185 @@ def test_a_batch_whose_lease_ran_out_before_sending_is_not_sent(pair: Pair) -> N
     assert (row.state, row.leased_by, row.outcome_unknown) == ("accepted", None, False)
     assert pair.dispatcher.run_peer("central") == 1
     assert len(list_inbox(pair.central, _agency(pair, G12)).items) == 1
+
+
+# --- what the recipient's system did, back at the sender's node (progress notices) ---------
+
+
+def _sender_view(pair: Pair) -> dict[str, Any]:
+    view = status_view(pair.province, _agency(pair, H49), _doc_id(pair.province))
+    entry: dict[str, Any] = view["recipients"][0]
+    return entry
+
+
+def _transport(entry: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    return [
+        (e["code"], e["node"], e["description"])
+        for e in entry["events"]
+        if e["kind"] == "transport"
+    ]
+
+
+def _waiting(node: Node) -> list[Any]:
+    return [r for r in _rows(node) if r.state in ("accepted", "in_transit")]
+
+
+def test_processing_done_and_fail_reach_the_senders_timeline_in_the_recipients_words(
+    pair: Pair,
+) -> None:
+    """The recipient's system fetches ("processing") then acknowledges ("done") on central:
+    the province, where the sender's node is, records both with their time and words, its
+    row ends acknowledged, and nothing is left on its way on either node."""
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    [item] = list_inbox(pair.central, _agency(pair, G12)).items
+    fetch(pair.central, _agency(pair, G12), item["id"], note="processing: reading it")
+    pair.clock.advance(5)
+    acknowledge(pair.central, _agency(pair, G12), item["id"], note="done: filed")
+    # one round: the delivered notice and one progress notice with both events
+    assert pair.central_dispatcher.run_peer("h49") == 2
+    entry = _sender_view(pair)
+    assert _transport(entry)[-3:] == [
+        ("delivered", "central", None),
+        ("fetched", "central", "processing: reading it"),
+        ("acknowledged", "central", "done: filed"),
+    ]
+    at = {e["code"]: e["at"] for e in entry["events"]}
+    assert at["fetched"] < at["acknowledged"]  # the recipient's times, not the arrival's
+    assert entry["transport"] == "acknowledged"
+    [row] = [r for r in _rows(pair.province) if r.recipient == G12]
+    assert row.state == "acknowledged"
+    # the notices stay the nodes' business: nothing in the sender's inbox
+    assert list_inbox(pair.province, _agency(pair, H49)).items == []
+    # settled everywhere, and nothing more to say: no further notice
+    pair.dispatcher.run_peer("central")
+    assert _waiting(pair.province) == [] and _waiting(pair.central) == []
+    assert not [r for r in _rows(pair.central) if r.progress_due]
+    assert pair.central_dispatcher.run_peer("h49") == 0
+    # acknowledging again (the SDK retries) says nothing new
+    acknowledge(pair.central, _agency(pair, G12), item["id"], note="done: filed")
+    assert pair.central_dispatcher.run_peer("h49") == 0
+    assert len(_transport(_sender_view(pair))) == len(_transport(entry))
+
+
+def test_a_progress_notice_that_overtakes_the_delivered_one_records_delivered_first(
+    pair: Pair,
+) -> None:
+    """The delivered notice is held back (another worker holds its row, as a stalled one
+    would); the progress notice arrives first: the sender's timeline still reads delivered,
+    then acknowledged, and the late delivered notice changes nothing."""
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    with pair.central.writing() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.next_hop == "h49")
+            .values(leased_by="stalled", lease_until=pair.clock() + dt.timedelta(hours=1))
+        )
+    [item] = list_inbox(pair.central, _agency(pair, G12)).items
+    acknowledge(pair.central, _agency(pair, G12), item["id"], note="fail: unreadable")
+    assert pair.central_dispatcher.run_peer("h49") == 1  # the progress notice alone
+    entry = _sender_view(pair)
+    assert [c for c, _, _ in _transport(entry)] == [
+        "accepted",
+        "in_transit",
+        "delivered",
+        "acknowledged",
+    ]
+    assert _transport(entry)[-1] == ("acknowledged", "central", "fail: unreadable")
+    pair.clock.advance(3601)
+    assert pair.central_dispatcher.run_peer("h49") == 1  # the delivered notice, late
+    assert _transport(_sender_view(pair)) == _transport(entry)
+    [row] = [r for r in _rows(pair.province) if r.recipient == G12]
+    assert row.state == "acknowledged"
+    assert _waiting(pair.province) == [] and _waiting(pair.central) == []
+
+
+def test_a_progress_notice_is_node_signed_and_its_events_are_checked(pair: Pair) -> None:
+    """The notice central stores is a sealed progress notice an auditor can verify; one whose
+    events are not fetched/acknowledged at a time is refused."""
+    pair.push(H49, [G12])
+    pair.dispatcher.run_peer("central")
+    [item] = list_inbox(pair.central, _agency(pair, G12)).items
+    acknowledge(pair.central, _agency(pair, G12), item["id"])
+    pair.central_dispatcher.run_peer("h49")
+    with pair.province.reader.connect() as conn:
+        bodies = [
+            json.loads(bytes(r.envelope))
+            for r in conn.execute(select(documents).where(documents.c.kind == "notice"))
+        ]
+    [progress] = [b for b in bodies if b["notice"]["event"] == "progress"]
+    fields = verify_notice(progress, trust=pair.pki.trust())
+    assert fields["node"] == "central" and fields["sender"] == H49
+    [entry] = fields["items"]
+    assert entry["recipients"] == [G12]
+    assert [e[0] for e in entry["events"]] == ["acknowledged"]
+    for events_ in ([], [["deleted", entry["events"][0][1], ""]], [["fetched", "yesterday", ""]]):
+        forged = json.loads(json.dumps(progress))
+        forged["notice"]["items"][0]["events"] = events_
+        with pytest.raises(HopChainBroken):
+            verify_notice(forged, trust=pair.pki.trust())
+
+
+def test_a_requeued_package_for_a_recipient_nobody_serves_fails_again_with_a_new_notice(
+    pair: Pair,
+) -> None:
+    """Central serves no G99: the province's delivery fails on central's notice. An operator
+    requeues it at the province; central, which decided "no route" itself, decides it again
+    and says so with a new notice, so the province's row is failed again, never left in
+    transit waiting for an answer that would not come (found by the timelines property test)."""
+    g99 = "000.00.00.G99"
+    pair.push(H49, [g99])
+    pair.dispatcher.run_peer("central")
+    pair.central_dispatcher.run_peer("h49")
+    [row] = _document_rows(pair.province, g99)
+    assert row.state == "failed"
+    assert requeue(pair.province, [row.id], actor="admin:test") == [row.id]
+    pair.dispatcher.run_peer("central")  # a repeat: central answers with its first receipt
+    pair.central_dispatcher.run_peer("h49")  # the new failure notice
+    pair.dispatcher.run_peer("central")  # its confirmation
+    [row] = _document_rows(pair.province, g99)
+    assert row.state == "failed"
+    codes = _transport_codes(pair.province, row.document_seq, g99)
+    assert codes == ["accepted", "in_transit", "failed", "requeued", "in_transit", "failed"]
+    [central_row] = _document_rows(pair.central, g99)
+    assert central_row.state == "failed"
+    assert _transport_codes(pair.central, central_row.document_seq, g99) == [
+        "in_transit",
+        "failed",
+        "requeued",
+        "failed",
+    ]
+    # the sender's DMS has both failure notices
+    notices = [i for i in list_inbox(pair.province, _agency(pair, H49)).items]
+    assert [i["kind"] for i in notices] == ["notice", "notice"]
+    assert _waiting(pair.province) == [] and _waiting(pair.central) == []
+
+
+def _document_rows(node: Node, recipient: str) -> list[Any]:
+    """``recipient``'s delivery rows of documents (not of the notices routed toward it)."""
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(deliveries)
+                .join(documents, documents.c.seq == deliveries.c.document_seq)
+                .where(and_(documents.c.kind == "document", deliveries.c.recipient == recipient))
+            )
+        )
+
+
+def _transport_codes(node: Node, seq: int, recipient: str) -> list[str]:
+    with node.reader.connect() as conn:
+        return list(
+            conn.execute(
+                select(events.c.code)
+                .where(
+                    and_(
+                        events.c.document_seq == seq,
+                        events.c.recipient == recipient,
+                        events.c.kind == "transport",
+                    )
+                )
+                .order_by(events.c.id)
+            ).scalars()
+        )

@@ -731,6 +731,18 @@ def test_hub_settings_load_from_the_file_and_the_environment(tmp_path: Path) -> 
     assert absolute.key_path(tmp_path) == Path("/etc/gw/hub.key")
 
 
+def test_a_hub_listener_of_its_own_takes_any_prefix_and_its_own_certificate(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[hub]\nport = 9443\nprefix = "/"\ncert = "hub.pem"\nkey = "hub.key"\n', encoding="utf-8"
+    )
+    hub = load_settings(path, environ={}).hub
+    assert (hub.port, hub.prefix, hub.host, hub.keepalive_timeout) == (9443, "/", "", 5)
+    assert (hub.cert, hub.key) == (tmp_path / "hub.pem", tmp_path / "hub.key")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -745,6 +757,11 @@ def test_hub_settings_load_from_the_file_and_the_environment(tmp_path: Path) -> 
         ("enabled = 'perhaps'", "[hub] enabled must be true or false"),
         ('secrets_key_file = ""', "[hub] secrets_key_file must be a path"),
         ("secret = 'x'", "unknown setting [hub] secret"),
+        ('prefix = "/"', "[hub] prefix '/' would hide the node's own API"),
+        ("port = 8443", "[hub] port 8443 is the node's own listener's"),
+        ("port = 65536", "[hub] port must be 0-65535"),
+        ('port = 9443\ncert = "hub.pem"', "[hub] cert and key go together"),
+        ("port = 9443\nkeepalive_timeout = 0", "[hub] keepalive_timeout must be"),
     ],
 )
 def test_bad_hub_settings_are_refused_naming_the_key(

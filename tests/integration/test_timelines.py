@@ -407,6 +407,9 @@ def test_every_recorded_timeline_replays(world: World) -> None:
             for node in world.nodes.values():
                 assert _on_the_way(node) == [], _explain(world, node)
                 check_timelines(node)
+            # what every recipient's DMS did (fetched, acknowledged) is known at its sender's
+            # node too, carried back by progress notices, and nothing is still owed
+            assert _progress_not_back(world) == []
             for name, count in self.counts.items():
                 TOTALS[name] = TOTALS.get(name, 0) + count
 
@@ -517,6 +520,42 @@ def _failed_notices(node: Node) -> list[int]:
                 )
             ).scalars()
         )
+
+
+_AFTER = {"delivered": 0, "fetched": 1, "acknowledged": 2}
+
+
+def _progress_not_back(world: World) -> list[tuple[str, str, str, str, str]]:
+    """(DocumentId, recipient, state at the recipient's node, state at the sender's, rows
+    still marked) for every document whose recipient's progress its sender's node lacks."""
+    states: dict[str, dict[tuple[str, str, str], tuple[str, bool]]] = {}
+    for name, node in world.nodes.items():
+        with node.reader.connect() as conn:
+            states[name] = {
+                (r.sender, r.document_id, r.recipient): (r.state, r.progress_due)
+                for r in conn.execute(
+                    select(
+                        documents.c.sender,
+                        documents.c.document_id,
+                        deliveries.c.recipient,
+                        deliveries.c.state,
+                        deliveries.c.progress_due,
+                    )
+                    .join(documents, documents.c.seq == deliveries.c.document_seq)
+                    .where(documents.c.kind != "notice")
+                )
+            }
+    wrong = []
+    for name, rows in states.items():
+        for (sender, document_id, recipient), (there, due) in rows.items():
+            if due:  # owed anywhere, after the network went quiet
+                wrong.append((document_id, recipient, there, name, "due"))
+            if HOME.get(recipient) != name or HOME[sender] == name:
+                continue  # only the recipient's node's row, of a package from elsewhere
+            here, _ = states[HOME[sender]].get((sender, document_id, recipient), ("-", False))
+            if there in ("fetched", "acknowledged") and _AFTER.get(here, -1) < _AFTER[there]:
+                wrong.append((document_id, recipient, there, here, ""))
+    return wrong
 
 
 def _on_the_way(node: Node) -> list[Any]:

@@ -157,6 +157,23 @@ def test_the_relay_framing_round_trips_bytes_unchanged(pki: DevPKI) -> None:
     assert [(i.kind, i.body, i.hops) for i in decoded] == [(i.kind, i.body, i.hops) for i in items]
 
 
+def test_which_requeue_an_item_is_travels_with_it() -> None:
+    """A package sent again after a requeue says which requeue, per recipient; a plain one
+    says nothing (and reads as none)."""
+    again = RelayItem(
+        kind="document",
+        body=b"x",
+        hops=[],
+        receipts=[],
+        requeued={"000.00.00.G99": "2@2026-12-06T05:00:00Z"},
+    )
+    plain = RelayItem(kind="document", body=b"y", hops=[], receipts=[])
+    body = encode_batch([again, plain])
+    assert b'"requeued"' in body.split(b"\n", 1)[0] and body.count(b'"requeued"') == 1
+    decoded = decode_batch(body, max_items=10)
+    assert [i.requeued for i in decoded] == [{"000.00.00.G99": "2@2026-12-06T05:00:00Z"}, {}]
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -167,6 +184,8 @@ def test_the_relay_framing_round_trips_bytes_unchanged(pki: DevPKI) -> None:
         b'{"v":1,"items":[{"kind":"document","size":2,"hops":[]}]}\nabEXTRA',
         b'{"v":1,"items":[{"kind":"virus","size":0,"hops":[]}]}\n',
         b'{"v":1,"items":[{"kind":"document","size":-1,"hops":[]}]}\n',
+        b'{"v":1,"items":[{"kind":"document","size":0,"hops":[],"requeued":["x"]}]}\n',
+        b'{"v":1,"items":[{"kind":"document","size":0,"hops":[],"requeued":{"x":1}}]}\n',
     ],
 )
 def test_a_malformed_relay_body_is_refused_with_a_stable_code(body: bytes) -> None:

@@ -86,6 +86,7 @@ ZERO_ALLOWED = {
     "delivery.backoff_jitter",
     "limits.max_attachments",
     "hub.rotate_grace",  # 0: a rotated-out secret stops at once
+    "hub.port",  # 0: the hub API on the node's own listener
 }
 
 
