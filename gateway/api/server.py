@@ -323,7 +323,31 @@ def make_config(
     (``scope["client"]`` is always the TCP peer: :mod:`gateway.api.auth` relies on it). Logging
     is left to the process (uvicorn does not install its own configuration).
     """
-    context = make_ssl_context(settings)
+    return _listener(
+        app,
+        settings,
+        host=settings.server.host,
+        port=settings.server.port,
+        context=make_ssl_context(settings),
+        keep_alive=KEEP_ALIVE_SECONDS,
+        lifespan="on",
+        http=http,
+    )
+
+
+def _listener(
+    app: Any,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    keep_alive: int,
+    lifespan: Literal["on", "off"],
+    http: Literal["httptools", "h11"],
+) -> uvicorn.Config:
+    """A listener's uvicorn configuration: the gateway's protocol classes and ``[server]``
+    limits, this address, TLS context and keep-alive."""
     limits = HTTPLimits.from_settings(settings.server)
     protocol: type[asyncio.Protocol] = (
         _with_limits(TLSHttpToolsProtocol, limits)
@@ -332,17 +356,17 @@ def make_config(
     )
     return uvicorn.Config(
         app,
-        host=settings.server.host,
-        port=settings.server.port,
+        host=host,
+        port=port,
         http=protocol,
         loop="uvloop",
         ws="none",
-        lifespan="on",
+        lifespan=lifespan,
         proxy_headers=False,
         forwarded_allow_ips=[],
         server_header=False,
         access_log=settings.logging.access_log,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_keep_alive=keep_alive,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         h11_max_incomplete_event_size=limits.max_header_bytes,
         log_config=None,
@@ -396,30 +420,15 @@ def make_hub_config(
     hub = settings.hub
     if not hub.enabled or hub.port == 0:
         return None
-    context = make_hub_ssl_context(settings)
-    limits = HTTPLimits.from_settings(settings.server)
-    protocol: type[asyncio.Protocol] = (
-        _with_limits(TLSHttpToolsProtocol, limits)
-        if http == "httptools"
-        else _with_limits(TLSH11Protocol, limits)
-    )
-    config = uvicorn.Config(
+    config = _listener(
         app,
+        settings,
         host=hub.host or settings.server.host,
         port=hub.port,
-        http=protocol,
-        loop="uvloop",
-        ws="none",
+        context=make_hub_ssl_context(settings),
+        keep_alive=hub.keepalive_timeout,
         lifespan="off",
-        proxy_headers=False,
-        forwarded_allow_ips=[],
-        server_header=False,
-        access_log=settings.logging.access_log,
-        timeout_keep_alive=hub.keepalive_timeout,
-        h11_max_incomplete_event_size=limits.max_header_bytes,
-        log_config=None,
-        log_level=settings.logging.level,
-        ssl_context_factory=((lambda _config, _default: context) if context is not None else None),
+        http=http,
     )
     config.load()
     return config

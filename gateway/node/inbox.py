@@ -210,8 +210,9 @@ def _advance(
     note: str | None = None,
 ) -> None:
     """The recipient's DMS moved its delivery on: the rules check it, then row and event. For
-    a package from another node the row is marked ``progress_due``: the sender's node is told
-    by a progress notice, in the same transaction's wake, so nothing is lost on a crash."""
+    a package from another node the row is marked ``progress_due`` in the same transaction, so
+    a crash loses nothing: the sender's node is told by a progress notice, made by the
+    dispatcher woken after the commit (or by its next tick)."""
     now = node.now()
     # locked (PostgreSQL) until its change: the timeline is written from its state
     row = conn.execute(
