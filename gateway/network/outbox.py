@@ -765,13 +765,13 @@ def rearm_failed(
     came_through: Sequence[str] = (),
 ) -> set[str]:
     """The previous node sent a package again for recipients whose delivery failed here, after
-    it requeued them (``requeued``: recipient -> the time of that requeue, from the relay
+    it requeued them (``requeued``: recipient -> which requeue, ``<n>@<time>``, from the relay
     item): try them again, with a fresh budget, once per requeue. Returns peers to wake.
 
-    Usage: ``woken |= rearm_failed(conn, node, seq, {r: at}, "node:h49", came_through=[...])``
+    Usage: ``woken |= rearm_failed(conn, node, seq, {r: "1@2026-...Z"}, "node:h49", ...)``
 
-    Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again" with the
-    upstream requeue's time; the same requeue sent again (its answer was lost) changes nothing.
+    Each timeline records ``requeued`` (back to ``accepted``, as the row), "sent again" naming
+    the upstream requeue; the same requeue sent again (its answer was lost) changes nothing.
     A recipient that failed here without a peer (no node serves it, or it refuses attested
     packages) is decided here again: routed afresh when the directory now serves it, else
     failed again, and the sender gets a new failure notice (the requeue upstream waits for one).
@@ -810,7 +810,7 @@ def rearm_failed(
     if not rows:
         return set()
     woken: set[str] = set()
-    hops: dict[int, str] = {}
+    next_hops: dict[int, str] = {}
     failing: dict[str, tuple[list[Any], list[str]]] = {}
     attested = (
         conn.execute(select(documents.c.attestation).where(documents.c.seq == seq)).scalar()
@@ -823,13 +823,13 @@ def rearm_failed(
             failed.append(r)
             messages.append(failure.message)
         elif hop is not None:
-            hops[r.id] = hop
+            next_hops[r.id] = hop
     with TimelineWriter(conn, node.name) as timelines:
         timelines.load([seq])
         again = {
             r.id
             for r in rows
-            if (r.id in hops or any(r in f for f, _ in failing.values()))
+            if (r.id in next_hops or any(r in f for f, _ in failing.values()))
             and timelines.record(
                 seq,
                 r.recipient,
@@ -864,11 +864,11 @@ def rearm_failed(
             woken |= _notify(
                 conn, node, seq, told, code=code, message="; ".join(messages), failed_hop=None
             )
-    rearmed = [r for r in rows if r.id in hops and r.id in again]
-    for hop in sorted({hops[r.id] for r in rearmed}):
+    rearmed = [r for r in rows if r.id in next_hops and r.id in again]
+    for hop in sorted({next_hops[r.id] for r in rearmed}):
         changed = compare_and_set(
             conn,
-            [r.id for r in rearmed if hops[r.id] == hop],
+            [r.id for r in rearmed if next_hops[r.id] == hop],
             {
                 "state": TransportState.ACCEPTED.value,
                 "next_hop": hop,
