@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,9 +139,11 @@ def mark_delivered_many(
     *,
     at_node: str,
     actor: str,
+    delivered_at: dt.datetime | None = None,
 ) -> None:
     """:func:`mark_delivered` for the packages of one delivered notice, (seq, recipients,
-    path) each, in a handful of statements whatever their number.
+    path) each, in a handful of statements whatever their number. ``delivered_at``: when
+    ``at_node`` delivered them (the signed notice's time); None: now, as this node learns it.
 
     Usage: ``mark_delivered_many(conn, node, [(seq, [r], path)], at_node="h41", actor=a)``
     """
@@ -194,7 +197,7 @@ def mark_delivered_many(
                 seq,
                 recipient,
                 TransportEvent(state=TransportState.DELIVERED, node=at_node),
-                at=now,
+                at=delivered_at or now,
                 actor=actor,
                 strict=False,
             )
@@ -239,12 +242,15 @@ def mark_progress_many(
     """
     if not packages:
         return
+    # delivered no later than the first thing its system did with it
+    first = min(parse_utc(at) for _, _, _, said in packages for _, at, _ in said)
     mark_delivered_many(
         conn,
         node,
         [(seq, recipients, path) for seq, recipients, path, _ in packages],
         at_node=at_node,
         actor=actor,
+        delivered_at=first,
     )
     seqs = sorted({seq for seq, _, _, _ in packages})
     rows: dict[tuple[int, str], Any] = {

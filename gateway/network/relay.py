@@ -418,6 +418,7 @@ class _Batch:
             [(seqs[key], item["recipients"], item["path"]) for key, item in keyed if key in seqs],
             at_node=notice["node"],
             actor=self.actor,
+            delivered_at=parse_utc(notice["at"]),
         )
 
 
