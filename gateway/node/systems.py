@@ -49,7 +49,7 @@ from typing import Any, Final
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.agency import AgencyCode
@@ -420,14 +420,7 @@ def _verify(
 ) -> Authenticated:
     """The HMAC check proper, once the headers are known to be there and parseable."""
     with node.reader.connect() as conn:
-        row = conn.execute(
-            select(
-                *_PUBLIC,
-                systems.c.secret,
-                systems.c.previous_secret,
-                systems.c.previous_until,
-            ).where(systems.c.systemid == systemid)
-        ).first()
+        row = conn.execute(_WITH_SECRETS, {"systemid": systemid}).first()
     if row is None:
         raise _unknown(systemid)
     given = hash_header.strip().lower()
@@ -492,6 +485,11 @@ _PUBLIC: Final = (
     systems.c.created_at,
     systems.c.updated_at,
 )
+
+#: built once: every hub request reads its system (SQLAlchemy compiles a construct per call)
+_WITH_SECRETS = select(
+    *_PUBLIC, systems.c.secret, systems.c.previous_secret, systems.c.previous_until
+).where(systems.c.systemid == bindparam("systemid"))
 
 
 def _system(row: Any) -> System:
