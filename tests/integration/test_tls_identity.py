@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -35,11 +35,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway.api.auth import identify, require_identity
-from gateway.api.server import make_config, make_ssl_context
+from gateway.api.server import make_config, make_hub_config, make_hub_ssl_context, make_ssl_context
 from gateway.dev.network import free_port
 from gateway.dev.pki import CAPaths, IssuedPaths, init_ca, issue, revoke
 from gateway.errors import ConfigError, GatewayError
 from gateway.settings import (
+    HubSettings,
     ServerSettings,
     Settings,
     TLSSettings,
@@ -479,6 +480,32 @@ def test_unreadable_server_certificate_is_a_config_error(pki: PKI, tmp_path: Pat
     with pytest.raises(ConfigError) as info:
         make_ssl_context(broken)
     assert info.value.detail == {"key": "tls.cert"}
+
+
+def test_the_hub_listener_is_configured_apart_or_refused_clearly(pki: PKI, tmp_path: Path) -> None:
+    """[hub] port: its own certificate or [tls]'s, no client certificate asked for, its own
+    keep-alive; no certificate and no proxy, or an unreadable one, is refused naming the key;
+    none at all without [hub] port."""
+    base = settings_for(pki)
+    own = replace(base, hub=HubSettings(enabled=True, port=free_port(), keepalive_timeout=3))
+    assert make_hub_config(object(), replace(base, hub=HubSettings(enabled=True))) is None
+    config = make_hub_config(object(), own)
+    assert config is not None and config.timeout_keep_alive == 3 and config.lifespan == "off"
+    context = make_hub_ssl_context(own)
+    assert context is not None and context.verify_mode == ssl.CERT_NONE
+    plain = replace(own, tls=TLSSettings())
+    with pytest.raises(ConfigError, match="trusted_proxies") as info:
+        make_hub_ssl_context(plain)
+    assert info.value.detail == {"key": "hub.cert"}
+    behind_proxy = replace(plain, tls=TLSSettings(trusted_proxies=("127.0.0.1",)))
+    assert make_hub_ssl_context(behind_proxy) is None
+    missing = replace(
+        own,
+        hub=replace(own.hub, cert=tmp_path / "hub.pem", key=tmp_path / "hub.key"),
+    )
+    with pytest.raises(ConfigError) as info:
+        make_hub_ssl_context(missing)
+    assert info.value.detail == {"key": "hub.cert"}
 
 
 def test_bad_trusted_proxy_entry_is_a_config_error(pki: PKI) -> None:
