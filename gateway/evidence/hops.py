@@ -315,6 +315,22 @@ def sign_notice(
     )
 
 
+def _path_ok(path: Any) -> bool:
+    """A path of hops: a list of [from, to, at] strings, each time ISO 8601."""
+    if not isinstance(path, list):
+        return False
+    for step in path:
+        if not (
+            isinstance(step, list) and len(step) == 3 and all(isinstance(x, str) for x in step)
+        ):
+            return False
+        try:
+            parse_utc(step[2])
+        except ValueError:
+            return False
+    return True
+
+
 def _progress_events(events: Any) -> bool:
     """``events`` of a progress item: a non-empty list of [state, at, description] strings,
     each state fetched or acknowledged, each time ISO 8601."""
@@ -344,11 +360,7 @@ def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
         raise HopChainBroken("a notice names its node and time")
     if fields["event"] not in NOTICE_EVENTS:
         raise HopChainBroken(f"a notice reports one of {NOTICE_EVENTS}")
-    path = fields["path"]
-    if not isinstance(path, list) or not all(
-        isinstance(step, list) and len(step) == 3 and all(isinstance(x, str) for x in step)
-        for step in path
-    ):
+    if not _path_ok(fields["path"]):
         raise HopChainBroken("a notice's path is a list of [from, to, at]")
     items = fields["items"]
     progress = fields["event"] == "progress"
@@ -359,7 +371,7 @@ def verify_notice(notice: Any, *, trust: TrustStore | None) -> dict[str, Any]:
         and item.get("kind", "package") in ("package", "notice")
         and isinstance(item["recipients"], list)
         and all(isinstance(r, str) for r in item["recipients"])
-        and isinstance(item["path"], list)
+        and _path_ok(item["path"])
         and (not progress or _progress_events(item["events"]))
         for item in items
     ):

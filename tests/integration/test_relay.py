@@ -945,6 +945,11 @@ def test_a_progress_notice_is_node_signed_and_its_events_are_checked(pair: Pair)
         forged["notice"]["items"][0]["events"] = events_
         with pytest.raises(HopChainBroken):
             verify_notice(forged, trust=pair.pki.trust())
+    for path in ([["h49", "central"]], [["h49", "central", "yesterday"]], "h49>central"):
+        forged = json.loads(json.dumps(progress))
+        forged["notice"]["items"][0]["path"] = path
+        with pytest.raises(HopChainBroken):
+            verify_notice(forged, trust=pair.pki.trust())
 
 
 def test_a_requeued_package_for_a_recipient_nobody_serves_fails_again_with_a_new_notice(
