@@ -258,7 +258,7 @@ class HubOnly:
         path = _SLASHES.sub("/", scope["path"])
         prefix = self.hub.prefix
         if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
-            operation = path[len(prefix) :].strip("/") if prefix != "/" else path.strip("/")
+            operation = path[len(prefix) :].strip("/")
         else:
             operation = path
         await self.hub.serve(operation, scope, receive, send)

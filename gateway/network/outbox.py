@@ -415,17 +415,40 @@ def notify_delivered(
         }
         for seq, recipients, path in arrivals
     ]
+    return _confirm(
+        conn,
+        node,
+        "delivered",
+        sender,
+        items,
+        message=f"{len(items)} package(s) delivered to the recipient's node",
+        facts={"notices": notices},
+    )
+
+
+def _confirm(
+    conn: Connection,
+    node: Node,
+    event: str,
+    sender: str,
+    items: Sequence[dict[str, Any]],
+    *,
+    message: str,
+    facts: dict[str, Any] | None = None,
+) -> set[str]:
+    """Sign a confirmation (``delivered`` or ``progress``: one notice, many packages) for
+    ``sender``'s node, store it and route it; peers to wake."""
     sealed = sign_notice(
         node.key,
-        event="delivered",
+        event=event,
         kind="document",
         sender=sender,
         document_id=None,
         sha256=items[0]["sha256"],
         recipients=sorted({r for item in items for r in item["recipients"]}),
         node=node.name,
-        code="DELIVERED",
-        message=f"{len(items)} package(s) delivered to the recipient's node",
+        code=event.upper(),
+        message=message,
         at=node.now(),
         failed_hop=None,
         items=items,
@@ -437,8 +460,8 @@ def notify_delivered(
         sender=sender,
         document_id=None,
         about=None,
-        subject="delivered",
-        facts={"event": "delivered", "packages": len(items), "notices": notices},
+        subject=event,
+        facts={"event": event, "packages": len(items), **(facts or {})},
     )
 
 
@@ -544,30 +567,13 @@ def report_progress(
     )
     woken: set[str] = set()
     for sender, items in per_sender.items():
-        sealed = sign_notice(
-            node.key,
-            event="progress",
-            kind="document",
-            sender=sender,
-            document_id=None,
-            sha256=items[0]["sha256"],
-            recipients=sorted({x for item in items for x in item["recipients"]}),
-            node=node.name,
-            code="PROGRESS",
-            message=f"what recipients' systems did with {len(items)} delivered package(s)",
-            at=node.now(),
-            failed_hop=None,
-            items=items,
-        )
-        woken |= _store_notice(
+        woken |= _confirm(
             conn,
             node,
-            sealed,
-            sender=sender,
-            document_id=None,
-            about=None,
-            subject="progress",
-            facts={"event": "progress", "packages": len(items)},
+            "progress",
+            sender,
+            items,
+            message=f"what recipients' systems did with {len(items)} delivered package(s)",
         )
     log.info("outbox.progress", senders=len(per_sender), rows=len(rows))
     return woken
