@@ -68,6 +68,8 @@ _MAX_FAILED_BOOTS: Final = 5
 #: seconds the supervisor waits for its workers after SIGTERM before it kills them
 _STOP_SECONDS: Final = 15.0
 _PR_SET_PDEATHSIG: Final = 1
+#: connections a listening socket queues before the workers accept them (uvicorn's default)
+_BACKLOG: Final = 2048
 #: seconds a port still taken (by a killed node's dying workers) is tried again
 _BIND_SECONDS: Final = 10.0
 
@@ -324,7 +326,9 @@ class Supervisor:
 
 
 def _bind(settings: Settings) -> socket.socket:
-    """The listening socket all workers accept on (``listen`` is theirs to call).
+    """The listening socket all workers accept on, listening from here on: no other process
+    can take the port between this bind and the workers' start (with SO_REUSEADDR two bound
+    but idle sockets may share a port), and connections wait in its queue meanwhile.
 
     A port still held by the workers of a node that was just killed is retried for a few
     seconds (they die with their supervisor, a moment after it); any other failure, or a port
@@ -350,6 +354,7 @@ def _bind_to(host: str, port: int, section: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen(_BACKLOG)
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:

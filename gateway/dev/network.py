@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -87,9 +87,28 @@ QUANG_NINH: tuple[NodeSpec, ...] = (
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, *, avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` different TCP ports nobody listens on right now, none of ``avoid`` (ports
+    already promised elsewhere, e.g. a ``[hub] port`` in the settings): each is held until all
+    are drawn, so two draws cannot return the same port."""
+    avoided = set(avoid)
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoided:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @dataclass
@@ -140,7 +159,20 @@ class Network:
         """A fresh dev PKI, node and agency certificates, settings files, migrated databases."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.ca = init_ca(self.pki)
-        ports = {spec.name: free_port() for spec in self.specs}
+        # distinct, and none a port the settings promise to a node (e.g. its [hub] port)
+        promised = [
+            values["port"]
+            for sections in (self.settings, *self.node_settings.values())
+            for values in sections.values()
+            if isinstance(values.get("port"), int)
+        ]
+        ports = dict(
+            zip(
+                (spec.name for spec in self.specs),
+                free_ports(len(self.specs), avoid=promised),
+                strict=True,
+            )
+        )
         for spec in self.specs:
             folder = self.root / spec.name
             folder.mkdir(exist_ok=True)

@@ -9,9 +9,11 @@ a killed worker is replaced, and a killed supervisor takes its workers with it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,12 +21,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.dev.network import Network, NodeSpec, wait_for
+from gateway.api.supervisor import _bind_to
+from gateway.dev.network import GATEWAY, Network, NodeSpec, wait_for
 
 G12 = "000.00.00.G12"
 H49 = "000.00.00.H49"
@@ -240,3 +244,46 @@ def test_a_worker_that_cannot_start_stops_the_node_instead_of_looping(tmp_path: 
     assert "WORKER_FAILED" in done.stdout and "5 times in a row" in done.stdout
     assert '"supervisor.giving_up"' in done.stderr
     assert done.stderr.count('"worker.crashed"') >= 5
+
+
+def test_a_hub_port_another_process_listens_on_stops_the_node_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    """``[hub] port`` taken: ``gateway serve`` (two workers) refuses to start, naming the
+    setting, instead of serving the node while the hub API's port answers for someone else."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with (
+        closing(taken),
+        Network(
+            tmp_path / "net",
+            specs=SPECS[:1],
+            node_settings={
+                "central": {"hub": {"enabled": True, "port": port}, "server": {"workers": 2}}
+            },
+        ) as network,
+    ):
+        network.create()
+        done = subprocess.run(
+            [GATEWAY, "serve", "--config", str(network.nodes["central"].config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert f"CONFIG_INVALID: [hub] cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+
+
+def test_a_port_the_supervisor_bound_is_not_taken_before_its_workers_start() -> None:
+    """The supervisor's socket listens as soon as it is bound: another process binding the
+    same port (SO_REUSEADDR, as servers do) cannot listen on it in the moment before the
+    workers start, so the two never share a port."""
+    sock = _bind_to("127.0.0.1", 0, "hub")
+    with closing(sock), closing(socket.socket()) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError) as taken:
+            other.bind(sock.getsockname())
+            other.listen()
+        assert taken.value.errno == errno.EADDRINUSE
